@@ -1,0 +1,5 @@
+"""``python -m lotsim`` runs the CLI."""
+
+from lotsim.cli import app
+
+app()
