@@ -1,0 +1,390 @@
+"""The one Kuramoto core of lotsim (torch reference backend), shared by the simulator and the model.
+
+Model (physics.md), first order and with inertia mu > 0::
+
+    dtheta_i/dt = omega_i + K_i sum_j W_ij sum_m h_m sin(m (theta_j - theta_i) - alpha_m) + sqrt(2D) xi_i
+    mu d2theta_i/dt2 + dtheta_i/dt = (same right-hand side)
+
+``W`` is a :class:`CouplingOperator` (dense, CSR, padded neighbour table or mean field) that already
+carries the normalisation; ``K`` is the coupling strength, one value per replica and/or per node.
+The coupling sum uses ``sin(m th_j - m th_i - a) = s_j cos(m th_i + a) - c_j sin(m th_i + a)`` with
+``s = sin(m th), c = cos(m th)``: 2N transcendentals per harmonic instead of one per edge, and one
+sparse product of W with the stacked (s, c) features.
+
+Integrators are ``(init_fn, step_fn)`` pairs over an immutable :class:`OscillatorState`; phases are
+kept unwrapped so effective frequencies are exact. Noise uses a counter-based stream: the noise of
+step ``s`` depends only on ``(seed, s)``, so a resumed run is bit-identical to an uninterrupted one.
+
+Legend: ``b`` replicas (batch), ``n`` nodes, ``c`` feature channels.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from lotsim.lattice import Lattice
+
+Normalization = Literal["mean-field", "degree", "none"]
+Method = Literal["euler", "heun", "rk4"]
+NORMALIZATIONS = ("mean-field", "degree", "none")
+METHODS = ("euler", "heun", "rk4")
+
+
+# --------------------------------------------------------------------------------------------------
+# Coupling operators: aggregate(x)[..., i, :] = sum_j W_ij x[..., j, :]
+
+
+class CouplingOperator:
+    """Linear map ``x -> W x`` over the node axis; subclasses pick the layout."""
+
+    n: int
+
+    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, n, c) -> (b, n, c)."""
+        raise NotImplementedError
+
+    def to(self, device=None, dtype=None) -> CouplingOperator:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class DenseOperator(CouplingOperator):
+    """Dense ``W`` (n, n), or (b, n, n) per replica; differentiable (the model learns it)."""
+
+    weight: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return self.weight.shape[-1]
+
+    def aggregate(self, x):
+        return torch.matmul(self.weight, x)
+
+    def to(self, device=None, dtype=None):
+        return DenseOperator(self.weight.to(device=device, dtype=dtype))
+
+
+@dataclass(frozen=True)
+class SparseOperator(CouplingOperator):
+    """CSR ``W`` (n, n): O(E) per product, for arbitrary sparse graphs."""
+
+    weight: torch.Tensor  # sparse CSR
+
+    @property
+    def n(self) -> int:
+        return self.weight.shape[0]
+
+    def aggregate(self, x):
+        b, n, c = x.shape
+        flat = x.permute(1, 0, 2).reshape(n, b * c)  # (n, b*c): one sparse mat-mat for all replicas
+        return (self.weight @ flat).reshape(n, b, c).permute(1, 0, 2)
+
+    def to(self, device=None, dtype=None):
+        return SparseOperator(self.weight.to(device=device, dtype=dtype))
+
+
+@dataclass(frozen=True)
+class NeighbourOperator(CouplingOperator):
+    """Padded in-neighbour table: ``index`` (n, k) int64, ``weight`` (n, k); padding has weight 0."""
+
+    index: torch.Tensor
+    weight: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return self.index.shape[0]
+
+    def aggregate(self, x):
+        gathered = x[:, self.index, :]  # (b, n, k, c)
+        return torch.einsum("bnkc,nk->bnc", gathered, self.weight)
+
+    def to(self, device=None, dtype=None):
+        return NeighbourOperator(self.index.to(device=device), self.weight.to(device=device, dtype=dtype))
+
+
+@dataclass(frozen=True)
+class MeanFieldOperator(CouplingOperator):
+    """Complete graph with uniform weight ``scale``: ``W x = scale (sum_j x_j - x_i)`` in O(n)."""
+
+    size: int
+    scale: float
+
+    @property
+    def n(self) -> int:
+        return self.size
+
+    def aggregate(self, x):
+        return self.scale * (x.sum(dim=-2, keepdim=True) - x)
+
+    def to(self, device=None, dtype=None):
+        return self
+
+
+def normalized_adjacency(lattice: Lattice, normalization: Normalization) -> tuple[np.ndarray, np.ndarray]:
+    """Edge weights of ``W`` for a normalisation (physics.md table).
+
+    ``mean-field``: W = A / N; ``degree``: W_ij = A_ij / k_i with the weighted in-degree k_i (rows of
+    isolated nodes stay zero: they rotate freely); ``none``: W = A.
+
+    Returns:
+        (weights (e,), row_scale (n,)) with ``weights = A_ij * row_scale[i]``.
+    """
+    if normalization == "mean-field":
+        scale = np.full(lattice.n, 1.0 / lattice.n)
+    elif normalization == "degree":
+        degree = lattice.in_degree()
+        scale = np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)
+    elif normalization == "none":
+        scale = np.ones(lattice.n)
+    else:
+        raise ValueError(f"unknown normalization {normalization!r}; allowed: {', '.join(NORMALIZATIONS)}")
+    return lattice.weights * scale[lattice.receivers], scale
+
+
+def build_operator(
+    lattice: Lattice,
+    normalization: Normalization = "mean-field",
+    layout: Literal["auto", "dense", "sparse", "neighbours", "mean-field"] = "auto",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+) -> CouplingOperator:
+    """Pick the cheapest exact layout for ``W`` on a lattice.
+
+    ``auto``: mean field for uniform complete graphs, a padded neighbour table when the in-degree is
+    nearly uniform (lattices), CSR otherwise.
+    """
+    weights, scale = normalized_adjacency(lattice, normalization)
+    uniform_complete = lattice.complete and np.allclose(weights, weights[0]) if lattice.num_edges else False
+    if layout == "auto":
+        if uniform_complete:
+            layout = "mean-field"
+        else:
+            counts = np.bincount(lattice.receivers, minlength=lattice.n)
+            max_k = counts.max() if counts.size else 0
+            layout = "neighbours" if max_k <= 32 and counts.mean() >= 0.75 * max_k else "sparse"
+    if layout == "mean-field":
+        if not uniform_complete:
+            raise ValueError("the mean-field layout needs a complete graph with uniform weights")
+        return MeanFieldOperator(lattice.n, float(weights[0]))
+    if layout == "neighbours":
+        index, table = replace(lattice, weights=weights).neighbour_table()
+        return NeighbourOperator(torch.as_tensor(index, device=device),
+                                 torch.as_tensor(table, device=device, dtype=dtype))
+    matrix = replace(lattice, weights=weights).adjacency()
+    if layout == "dense":
+        return DenseOperator(torch.as_tensor(matrix.toarray(), device=device, dtype=dtype))
+    if layout == "sparse":
+        with warnings.catch_warnings():  # torch flags CSR as beta; the product we use is stable
+            warnings.simplefilter("ignore", UserWarning)
+            csr = torch.sparse_csr_tensor(
+                torch.as_tensor(matrix.indptr, dtype=torch.int64),
+                torch.as_tensor(matrix.indices, dtype=torch.int64),
+                torch.as_tensor(matrix.data, dtype=dtype), size=matrix.shape, check_invariants=True,
+            )
+        return SparseOperator(csr.to(device))
+    raise ValueError(f"unknown layout {layout!r}; allowed: auto, dense, sparse, neighbours, mean-field")
+
+
+# --------------------------------------------------------------------------------------------------
+# The system and its right-hand side
+
+
+@dataclass(frozen=True)
+class KuramotoSystem:
+    """Parameters of the oscillator ODE/SDE; tensors broadcast against the state (b, n).
+
+    Attributes:
+        omega: natural frequencies, (n,) or (b, n).
+        coupling: coupling strength K, scalar, (b, 1) per replica, (n,) per node or (b, n).
+        operator: the normalised coupling matrix W.
+        harmonics: amplitudes h_m of harmonics m = 1, 2, ... (Daido); (1.0,) is plain Kuramoto.
+        frustration: phase lags alpha_m (Sakaguchi), one per harmonic.
+        noise: D, the noise intensity (a free phase diffuses with variance 2 D t).
+        inertia: mu >= 0; mu > 0 gives the second-order model with a velocity state.
+    """
+
+    omega: torch.Tensor
+    coupling: torch.Tensor
+    operator: CouplingOperator
+    harmonics: tuple[float, ...] = (1.0,)
+    frustration: tuple[float, ...] = (0.0,)
+    noise: float = 0.0
+    inertia: float = 0.0
+
+    def __post_init__(self):
+        if len(self.frustration) == 1 and len(self.harmonics) > 1:
+            object.__setattr__(self, "frustration", self.frustration * len(self.harmonics))
+        if len(self.frustration) != len(self.harmonics):
+            raise ValueError(f"frustration has {len(self.frustration)} entries but there are "
+                             f"{len(self.harmonics)} harmonics; give one angle or one per harmonic")
+        if self.noise < 0 or self.inertia < 0:
+            raise ValueError("noise and inertia must be >= 0")
+
+
+def coupling_term(system: KuramotoSystem, theta: torch.Tensor) -> torch.Tensor:
+    """``sum_j W_ij sum_m h_m sin(m (theta_j - theta_i) - alpha_m)`` for theta (b, n) -> (b, n)."""
+    total = None
+    for m, (h, alpha) in enumerate(zip(system.harmonics, system.frustration), start=1):
+        if h == 0:
+            continue
+        mt = theta if m == 1 else m * theta
+        s, c = torch.sin(mt), torch.cos(mt)
+        agg = system.operator.aggregate(torch.stack((s, c), dim=-1))  # (b, n, 2)
+        if alpha == 0:
+            term = agg[..., 0] * c - agg[..., 1] * s
+        else:
+            shifted = mt + alpha
+            term = agg[..., 0] * torch.cos(shifted) - agg[..., 1] * torch.sin(shifted)
+        term = term if h == 1 else h * term
+        total = term if total is None else total + term
+    return torch.zeros_like(theta) if total is None else total
+
+
+def drift(system: KuramotoSystem, theta: torch.Tensor) -> torch.Tensor:
+    """Deterministic right-hand side ``omega + K * coupling_term`` (b, n)."""
+    return system.omega + system.coupling * coupling_term(system, theta)
+
+
+# --------------------------------------------------------------------------------------------------
+# State and integrators
+
+
+@dataclass(frozen=True)
+class OscillatorState:
+    """Immutable integrator state.
+
+    Attributes:
+        theta: (b, n) unwrapped phases.
+        velocity: (b, n) dtheta/dt for the inertial model, else None.
+        step: number of steps taken since t = 0; time is ``step * dt``.
+    """
+
+    theta: torch.Tensor
+    velocity: torch.Tensor | None = None
+    step: int = 0
+
+
+class Integrator(NamedTuple):
+    """``init_fn(theta, velocity=None, step=0) -> state`` and ``step_fn(state, n_steps=1) -> state``."""
+
+    init_fn: Callable[..., OscillatorState]
+    step_fn: Callable[..., OscillatorState]
+
+
+def noise_seed(seed: int, step: int) -> int:
+    """Counter-based seed of the noise increment of ``step`` (splitmix64 of the pair)."""
+    z = (seed * 0x9E3779B97F4A7C15 + step + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def _rk_combine(method: Method, f: Callable, y: tuple, dt: float) -> tuple:
+    """One explicit Runge-Kutta step of the autonomous system y' = f(y) over tuples of tensors."""
+
+    def axpy(a, xs, ys):
+        return tuple(x + a * yy for x, yy in zip(xs, ys))
+
+    k1 = f(y)
+    if method == "euler":
+        return axpy(dt, y, k1)
+    if method == "heun":
+        # a real Heun: the corrector evaluates the slope at the predicted state of ALL nodes
+        k2 = f(axpy(dt, y, k1))
+        return tuple(yy + 0.5 * dt * (a + b) for yy, a, b in zip(y, k1, k2))
+    k2 = f(axpy(0.5 * dt, y, k1))
+    k3 = f(axpy(0.5 * dt, y, k2))
+    k4 = f(axpy(dt, y, k3))
+    return tuple(yy + (dt / 6.0) * (a + 2 * b + 2 * c + d) for yy, a, b, c, d in zip(y, k1, k2, k3, k4))
+
+
+def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: float = 0.01,
+                        seed: int = 0) -> Integrator:
+    """Fixed-step integrator for a :class:`KuramotoSystem` (torch reference backend).
+
+    Deterministic systems use Euler, Heun or RK4 (global orders 1, 2, 4). With noise, ``euler`` is
+    Euler-Maruyama and ``heun`` the stochastic Heun scheme (additive noise: both strong order 1 in
+    the noise, Heun order 2 in the drift); ``rk4`` is refused because it has no consistent SDE form.
+
+    Args:
+        system: the oscillator system.
+        method: euler | heun | rk4.
+        dt: time step, > 0.
+        seed: noise stream seed.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown integrator {method!r}; allowed: {', '.join(METHODS)}")
+    if not dt > 0 or not math.isfinite(dt):
+        raise ValueError(f"dt must be a positive number, got {dt}")
+    if system.noise > 0 and method == "rk4":
+        raise ValueError("rk4 has no consistent form with noise; use integrator 'heun' (stochastic Heun) "
+                         "or 'euler' (Euler-Maruyama)")
+    inertial = system.inertia > 0
+    mu = system.inertia
+    sigma = math.sqrt(2.0 * system.noise * dt) if system.noise > 0 else 0.0
+
+    if inertial:
+        def f(y):
+            theta, velocity = y
+            return velocity, (drift(system, theta) - velocity) / mu
+    else:
+        def f(y):
+            return (drift(system, y[0]),)
+
+    def init_fn(theta: torch.Tensor, velocity: torch.Tensor | None = None, step: int = 0) -> OscillatorState:
+        if inertial and velocity is None:
+            velocity = torch.zeros_like(theta)
+        return OscillatorState(theta=theta, velocity=velocity if inertial else None, step=int(step))
+
+    def _increment(like: torch.Tensor, step: int) -> torch.Tensor:
+        gen = torch.Generator(device=like.device).manual_seed(noise_seed(seed, step))
+        return sigma * torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
+
+    def one_step(state: OscillatorState) -> OscillatorState:
+        y = (state.theta, state.velocity) if inertial else (state.theta,)
+        if sigma == 0.0:
+            y = _rk_combine(method, f, y, dt)
+        else:
+            dw = _increment(state.theta, state.step)
+            # additive noise enters the equation of the highest derivative
+            kick = (torch.zeros_like(dw), dw / mu) if inertial else (dw,)
+            k1 = f(y)
+            pred = tuple(a + dt * b + c for a, b, c in zip(y, k1, kick))
+            if method == "euler":
+                y = pred
+            else:
+                k2 = f(pred)
+                y = tuple(a + 0.5 * dt * (b + c) + d for a, b, c, d in zip(y, k1, k2, kick))
+        return OscillatorState(theta=y[0], velocity=y[1] if inertial else None, step=state.step + 1)
+
+    def step_fn(state: OscillatorState, n_steps: int = 1) -> OscillatorState:
+        for _ in range(n_steps):
+            state = one_step(state)
+        return state
+
+    return Integrator(init_fn, step_fn)
+
+
+def order_parameter(theta: torch.Tensor, harmonic: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kuramoto order parameter ``r e^{i psi} = mean_j exp(i m theta_j)`` over the last axis.
+
+    Written with cos/sin means (no complex tensors) so it exports to ONNX.
+
+    Returns:
+        (r, psi) with the node axis reduced.
+    """
+    mt = theta if harmonic == 1 else harmonic * theta
+    x, y = torch.cos(mt).mean(dim=-1), torch.sin(mt).mean(dim=-1)
+    return torch.sqrt(x * x + y * y), torch.atan2(y, x)
+
+
+def as_coupling(values: Sequence[float] | torch.Tensor, device=None, dtype=None) -> torch.Tensor:
+    """Per-replica couplings (b,) -> (b, 1) so they broadcast over nodes."""
+    return torch.as_tensor(values, device=device, dtype=dtype).reshape(-1, 1)

@@ -1,0 +1,371 @@
+"""Lattice topologies for oscillator systems, built with networkx.
+
+A :class:`Lattice` is an immutable, array-backed view of a graph that the integrators consume:
+a directed edge list, edge weights, node positions and (optionally) a periodic box.
+
+Direction convention (used everywhere in lotsim): ``A[i, j]`` is the influence of node ``j`` on
+node ``i``. An edge ``u -> v`` of a directed graph means *u drives v*, so it is stored as
+``sender=u, receiver=v`` and contributes ``A[v, u] = w``. An undirected edge is stored in both
+directions. Self-loops are dropped (a phase does not couple to itself).
+
+Legend: ``n`` nodes, ``e`` directed edges, ``d`` spatial dimension, ``k`` max in-degree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+
+TOPOLOGIES = (
+    "ring",
+    "chain",
+    "square",
+    "triangular",
+    "hexagonal",
+    "hypercubic",
+    "complete",
+    "small-world",
+    "random-regular",
+    "erdos-renyi",
+    "edgelist",
+    "graphml",
+)
+WEIGHT_KINDS = ("uniform", "exp", "power")
+Topology = Literal[
+    "ring",
+    "chain",
+    "square",
+    "triangular",
+    "hexagonal",
+    "hypercubic",
+    "complete",
+    "small-world",
+    "random-regular",
+    "erdos-renyi",
+    "edgelist",
+    "graphml",
+]
+WeightKind = Literal["uniform", "exp", "power"]
+
+
+@dataclass(frozen=True, eq=False)
+class Lattice:
+    """An oscillator graph as arrays.
+
+    Attributes:
+        name: human-readable description, e.g. ``"square 32x32 periodic"``.
+        n: number of nodes.
+        senders: (e,) int64, the ``j`` of each directed edge ``j -> i``.
+        receivers: (e,) int64, the ``i`` of each directed edge.
+        weights: (e,) float64 edge weights ``A[i, j]``.
+        positions: (n, d) float64 node coordinates (lattice units).
+        box: (d,) periodic box lengths for minimum-image distances, or None (open boundaries).
+        directed: whether the source graph was directed.
+        complete: True for the complete graph (enables the O(N) mean-field path).
+        shape: grid shape for lattices that have one (used by plots and defect analysis).
+        topology: the topology name it was built from.
+        graph: the networkx graph, for users who want networkx algorithms.
+    """
+
+    name: str
+    n: int
+    senders: np.ndarray
+    receivers: np.ndarray
+    weights: np.ndarray
+    positions: np.ndarray
+    box: np.ndarray | None = None
+    directed: bool = False
+    complete: bool = False
+    shape: tuple[int, ...] = ()
+    topology: str = "custom"
+    graph: nx.Graph | None = field(default=None, repr=False)
+
+    @property
+    def num_edges(self) -> int:
+        """Number of directed edges (an undirected edge counts twice)."""
+        return int(self.senders.shape[0])
+
+    def adjacency(self) -> sp.csr_array:
+        """Sparse weighted adjacency, (n, n) CSR with ``A[i, j]`` = influence of j on i."""
+        return sp.csr_array(
+            (self.weights, (self.receivers, self.senders)), shape=(self.n, self.n), dtype=np.float64
+        )
+
+    def in_degree(self) -> np.ndarray:
+        """(n,) weighted in-degree ``k_i = sum_j A[i, j]``."""
+        return np.bincount(self.receivers, weights=self.weights, minlength=self.n)
+
+    def displacement(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """(..., d) minimum-image displacement from nodes ``src`` to nodes ``dst``."""
+        delta = self.positions[dst] - self.positions[src]
+        if self.box is not None:
+            delta = delta - self.box * np.round(delta / self.box)
+        return delta
+
+    def edge_lengths(self) -> np.ndarray:
+        """(e,) Euclidean (minimum-image) length of every directed edge."""
+        return np.linalg.norm(self.displacement(self.senders, self.receivers), axis=-1)
+
+    def pairwise_distances(self) -> np.ndarray:
+        """(n, n) distances between all nodes: Euclidean with minimum image when positions are
+        geometric, else shortest-path hop counts (for graphs with no geometry)."""
+        if self.positions.shape[1] == 0:
+            lengths = dict(nx.all_pairs_shortest_path_length(self.to_networkx().to_undirected()))
+            out = np.full((self.n, self.n), np.inf)
+            for i, row in lengths.items():
+                out[i, list(row)] = list(row.values())
+            return out
+        idx = np.arange(self.n)
+        return np.linalg.norm(self.displacement(idx[:, None], idx[None, :]), axis=-1)
+
+    def neighbour_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Padded in-neighbour table for fixed-degree lattices.
+
+        Returns:
+            (index (n, k) int64, weight (n, k) float64); padding points at the node itself with
+            weight 0, so a gather-multiply-sum over the k axis equals the sparse product.
+        """
+        order = np.lexsort((self.senders, self.receivers))
+        recv, send, w = self.receivers[order], self.senders[order], self.weights[order]
+        counts = np.bincount(recv, minlength=self.n)
+        k = int(counts.max()) if self.n else 0
+        start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = np.arange(recv.shape[0]) - start[recv]
+        index = np.repeat(np.arange(self.n)[:, None], max(k, 1), axis=1)
+        weight = np.zeros((self.n, max(k, 1)))
+        index[recv, slot] = send
+        weight[recv, slot] = w
+        return index, weight
+
+    def with_weights(
+        self, kind: WeightKind = "uniform", lattice_constant: float = 1.0, exponent: float = 1.0
+    ) -> Lattice:
+        """Return a copy with distance-dependent edge weights.
+
+        ``uniform``: w = 1; ``exp``: w = exp(-d / lattice_constant); ``power``: w = d ** -exponent.
+        """
+        if kind == "uniform":
+            w = np.ones(self.num_edges)
+        elif kind == "exp":
+            if lattice_constant <= 0:
+                raise ValueError(f"lattice_constant must be > 0, got {lattice_constant}")
+            w = np.exp(-self.edge_lengths() / lattice_constant)
+        elif kind == "power":
+            d = self.edge_lengths()
+            if np.any(d <= 0):
+                raise ValueError("power-law weights need positive edge lengths (nodes share a position)")
+            w = d**-exponent
+        else:
+            raise ValueError(f"unknown weight kind {kind!r}; allowed: {', '.join(WEIGHT_KINDS)}")
+        return replace(self, weights=w.astype(np.float64))
+
+    def to_networkx(self) -> nx.DiGraph:
+        """The lattice as a weighted networkx DiGraph with integer nodes (edge j -> i)."""
+        g = nx.DiGraph()
+        g.add_nodes_from(range(self.n))
+        g.add_weighted_edges_from(zip(self.senders.tolist(), self.receivers.tolist(), self.weights.tolist()))
+        return g
+
+
+def from_networkx(
+    graph: nx.Graph,
+    *,
+    name: str = "custom",
+    positions: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+    shape: tuple[int, ...] = (),
+    topology: str = "custom",
+    weight: str | None = "weight",
+) -> Lattice:
+    """Build a :class:`Lattice` from any networkx graph.
+
+    Nodes are relabelled 0..n-1 in ``graph.nodes`` order. Positions come from the argument, from a
+    node attribute ``pos``, or are empty (shape (n, 0): no geometry, distances are hop counts).
+    Edge weights come from the ``weight`` attribute when present (default 1).
+    """
+    nodes = list(graph.nodes)
+    index = {node: i for i, node in enumerate(nodes)}
+    n = len(nodes)
+    if n == 0:
+        raise ValueError("the graph has no nodes")
+    edges = [(index[u], index[v], float(d.get(weight, 1.0)) if weight else 1.0)
+             for u, v, d in graph.edges(data=True) if u != v]
+    arr = np.array(edges, dtype=np.float64).reshape(-1, 3)
+    src, dst, w = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2]
+    directed = graph.is_directed()
+    if not directed:
+        src, dst, w = np.concatenate([src, dst]), np.concatenate([dst, src]), np.concatenate([w, w])
+    if positions is None:
+        pos = nx.get_node_attributes(graph, "pos")
+        positions = (np.array([pos[node] for node in nodes], dtype=np.float64)
+                     if len(pos) == n else np.zeros((n, 0)))
+    complete = (not directed) and src.shape[0] == n * (n - 1)
+    return Lattice(
+        name=name, n=n, senders=src, receivers=dst, weights=w, positions=np.asarray(positions, float),
+        box=None if box is None else np.asarray(box, float), directed=directed, complete=complete,
+        shape=tuple(shape), topology=topology, graph=graph,
+    )
+
+
+def _grid_positions(shape: tuple[int, ...]) -> np.ndarray:
+    return np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, len(shape))
+
+
+def _need(value, what: str, topology: str):
+    if value is None:
+        raise ValueError(f"topology {topology!r} needs {what}")
+    return value
+
+
+def build_lattice(
+    topology: Topology,
+    *,
+    n: int | None = None,
+    shape: tuple[int, ...] | list[int] | None = None,
+    periodic: bool = True,
+    weights: WeightKind = "uniform",
+    lattice_constant: float = 1.0,
+    exponent: float = 1.0,
+    k: int = 4,
+    p: float = 0.1,
+    degree: int = 3,
+    path: str | Path | None = None,
+    directed: bool = False,
+    seed: int = 0,
+) -> Lattice:
+    """Build a named lattice.
+
+    Args:
+        topology: one of :data:`TOPOLOGIES`.
+        n: number of nodes (ring, chain, complete, random graphs); for grids, ``n`` must equal the
+            product of ``shape`` when both are given.
+        shape: grid shape: (rows, cols) for square/triangular/hexagonal (hexagonal counts hexagon
+            rows/cols as networkx does), any length for hypercubic.
+        periodic: periodic (torus) or open boundaries for ring/chain-like and grid lattices.
+        weights, lattice_constant, exponent: edge weights, see :meth:`Lattice.with_weights`.
+        k, p: small-world neighbours and rewiring probability; ``p`` is also the Erdos-Renyi edge
+            probability.
+        degree: random-regular degree.
+        path: edge-list or GraphML file for ``edgelist`` / ``graphml``.
+        directed: read an edge list as directed (``u v`` means u drives v).
+        seed: seed for random graphs.
+
+    Returns:
+        The lattice, with positions and a periodic box where the topology has geometry.
+
+    Raises:
+        ValueError: with one line naming the bad value and what is allowed.
+    """
+    shape = tuple(int(s) for s in shape) if shape is not None else None
+    if shape is not None and any(s < 1 for s in shape):
+        raise ValueError(f"shape entries must be >= 1, got {list(shape)}")
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    grid_topologies = ("square", "triangular", "hexagonal", "hypercubic")
+    if topology in grid_topologies:
+        if shape is None:
+            if n is None:
+                raise ValueError(f"topology {topology!r} needs a shape (e.g. --shape 32x32) or --n")
+            side = math.isqrt(n)
+            if side * side != n or topology == "hexagonal":
+                raise ValueError(f"topology {topology!r} needs --shape; n={n} is not a square number")
+            shape = (side, side)
+        if topology != "hypercubic" and len(shape) != 2:
+            raise ValueError(f"topology {topology!r} needs a 2-D shape rows x cols, got {list(shape)}")
+    elif shape is not None:
+        if len(shape) != 1:
+            raise ValueError(f"topology {topology!r} takes --n, not a {len(shape)}-D shape {list(shape)}")
+        if n is not None and n != shape[0]:
+            raise ValueError(f"shape {list(shape)} does not match n={n}")
+        n = shape[0]
+
+    name_suffix = "periodic" if periodic else "open"
+    if topology in ("ring", "chain"):
+        n = _need(n, "--n", topology)
+        is_ring = topology == "ring" or periodic and topology != "chain"
+        if is_ring and n < 3:
+            raise ValueError(f"a ring needs n >= 3, got n={n}")
+        g = nx.cycle_graph(n) if is_ring else nx.path_graph(n)
+        lat = from_networkx(g, name=f"{topology} n={n}", positions=np.arange(n, dtype=float)[:, None],
+                            box=np.array([float(n)]) if is_ring else None, shape=(n,), topology=topology)
+    elif topology == "square" or topology == "hypercubic":
+        if periodic and any(s < 3 for s in shape):
+            raise ValueError(f"a periodic {topology} lattice needs every side >= 3, got {list(shape)}")
+        # grid_graph takes dims last-axis-first and yields node tuples in ``shape`` order
+        g = nx.grid_graph(dim=list(reversed(shape)), periodic=periodic)
+        g = nx.relabel_nodes(g, {node: int(np.ravel_multi_index(node, shape)) for node in g.nodes})
+        g = sorted_graph(g)
+        lat = from_networkx(g, name=f"{topology} {'x'.join(map(str, shape))} {name_suffix}",
+                            positions=_grid_positions(shape).astype(float),
+                            box=np.array(shape, float) if periodic else None, shape=shape, topology=topology)
+    elif topology in ("triangular", "hexagonal"):
+        rows, cols = shape
+        builder = nx.triangular_lattice_graph if topology == "triangular" else nx.hexagonal_lattice_graph
+        try:
+            g = builder(rows, cols, periodic=periodic, with_positions=True)
+        except nx.NetworkXError as err:
+            raise ValueError(f"{topology} lattice {rows}x{cols} (periodic={periodic}): {err}") from None
+        g = nx.Graph(sorted_graph(g))
+        lat = from_networkx(g, name=f"{topology} {rows}x{cols} {name_suffix}", shape=(rows, cols),
+                            topology=topology)
+        if periodic:
+            # networkx positions are those of the unwrapped sheet; wrapped edges would look long,
+            # so distances on periodic tri/hex lattices use hop counts in lattice units instead.
+            lat = replace(lat, positions=np.zeros((lat.n, 0)))
+    elif topology == "complete":
+        n = _need(n, "--n", topology)
+        lat = from_networkx(nx.complete_graph(n), name=f"complete n={n}", topology=topology)
+        lat = replace(lat, complete=True)
+    elif topology == "small-world":
+        n = _need(n, "--n", topology)
+        if not 0 < k < n or k % 2:
+            raise ValueError(f"small-world needs an even k with 0 < k < n, got k={k}, n={n}")
+        g = nx.watts_strogatz_graph(n, k, p, seed=seed)
+        lat = from_networkx(g, name=f"small-world n={n} k={k} p={p}", topology=topology)
+    elif topology == "random-regular":
+        n = _need(n, "--n", topology)
+        if degree >= n or (n * degree) % 2:
+            raise ValueError(f"random-regular needs degree < n and n*degree even, got degree={degree}, n={n}")
+        g = nx.random_regular_graph(degree, n, seed=seed)
+        lat = from_networkx(nx.Graph(sorted_graph(g)), name=f"random-regular n={n} d={degree}",
+                            topology=topology)
+    elif topology == "erdos-renyi":
+        n = _need(n, "--n", topology)
+        if not 0 <= p <= 1:
+            raise ValueError(f"erdos-renyi needs 0 <= p <= 1, got p={p}")
+        g = nx.gnp_random_graph(n, p, seed=seed, directed=directed)
+        lat = from_networkx(g, name=f"erdos-renyi n={n} p={p}", topology=topology)
+    elif topology in ("edgelist", "graphml"):
+        path = Path(_need(path, "a file path (lattice.file)", topology))
+        if not path.is_file():
+            raise ValueError(f"lattice file {str(path)!r} does not exist")
+        try:
+            if topology == "edgelist":
+                g = nx.read_edgelist(path, nodetype=int, data=(("weight", float),),
+                                     create_using=nx.DiGraph if directed else nx.Graph)
+                g = sorted_graph(g)
+            else:
+                g = nx.read_graphml(path)
+        except Exception as err:  # networkx raises many kinds for malformed files
+            raise ValueError(f"cannot read {topology} file {str(path)!r}: {err}") from None
+        lat = from_networkx(g, name=f"{topology} {path.name}", topology=topology)
+    else:
+        raise ValueError(f"unknown topology {topology!r}; allowed: {', '.join(TOPOLOGIES)}")
+
+    if n is not None and topology in grid_topologies and lat.n != n:
+        raise ValueError(f"shape {list(shape)} gives {lat.n} nodes, which does not match n={n}")
+    return lat.with_weights(weights, lattice_constant, exponent) if weights != "uniform" else lat
+
+
+def sorted_graph(g: nx.Graph) -> nx.Graph:
+    """Copy of ``g`` with nodes inserted in sorted order, so node numbering is deterministic."""
+    out = g.__class__()
+    out.add_nodes_from(sorted(g.nodes(data=True), key=lambda item: item[0]))
+    out.add_edges_from(g.edges(data=True))
+    return out
