@@ -4,6 +4,7 @@ Backends share the ``(init_fn, step_fn)`` interface of :func:`kuramoto_integrato
 reference (CPU and CUDA).
 """
 
+from lotsim.dynamics.backends import BACKENDS, BackendUnavailable, make_integrator
 from lotsim.dynamics.core import (
     CouplingOperator,
     DenseOperator,
@@ -22,6 +23,9 @@ from lotsim.dynamics.core import (
 )
 
 __all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "make_integrator",
     "CouplingOperator",
     "DenseOperator",
     "Integrator",

@@ -1,0 +1,50 @@
+"""Backend dispatch: every backend builds the same ``(init_fn, step_fn)`` integrator.
+
+``torch`` is the reference (CPU and CUDA). ``numba`` is the fused CPU kernel (module
+``lotsim.dynamics.numba_backend``) and ``cupy`` the raw CUDA kernels from ``cuda/`` (module
+``lotsim.dynamics.cupy_backend``); both are imported only when selected, so CPU paths never import
+CuPy. ``auto`` picks numba on CPU when it supports the system, torch otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Literal
+
+from lotsim.dynamics.core import Integrator, KuramotoSystem, Method, kuramoto_integrator
+
+Backend = Literal["auto", "torch", "numba", "cupy"]
+BACKENDS = ("auto", "torch", "numba", "cupy")
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here (missing package or device); the message says why."""
+
+
+def _load(name: str):
+    try:
+        return importlib.import_module(f"lotsim.dynamics.{name}_backend")
+    except ModuleNotFoundError as err:  # the backend module or its package is missing
+        raise BackendUnavailable(f"backend {name!r} is not available: {err}") from None
+
+
+def make_integrator(system: KuramotoSystem, *, backend: Backend = "auto", method: Method = "rk4",
+                    dt: float = 0.01, seed: int = 0) -> Integrator:
+    """Build an integrator for ``system`` on ``backend`` (see module docstring)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return kuramoto_integrator(system, method=method, dt=dt, seed=seed)
+    if backend == "auto":
+        try:
+            module = _load("numba")
+        except BackendUnavailable:
+            return kuramoto_integrator(system, method=method, dt=dt, seed=seed)
+        if module.supports(system):
+            return module.kuramoto_integrator(system, method=method, dt=dt, seed=seed)
+        return kuramoto_integrator(system, method=method, dt=dt, seed=seed)
+    module = _load(backend)
+    if hasattr(module, "supports") and not module.supports(system):
+        raise BackendUnavailable(f"backend {backend!r} does not support this system "
+                                 f"({type(system.operator).__name__}); use --backend torch")
+    return module.kuramoto_integrator(system, method=method, dt=dt, seed=seed)
