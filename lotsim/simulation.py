@@ -187,7 +187,9 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
             node_data={"natural_frequency": system.omega.cpu().numpy(), "position": lattice.positions,
                        "id": np.arange(lattice.n)},
             replica_data={"coupling": couplings, "seed": seeds},
-            edges=np.stack([lattice.senders, lattice.receivers], axis=1), weights=lattice.weights,
+            # the complete graph's n(n-1) edges stay implicit (the recipe names the topology)
+            edges=None if lattice.edges is None else np.stack([lattice.senders, lattice.receivers], axis=1),
+            weights=None if lattice.edges is None else lattice.weights,
             observables={"order_parameter": ((), np.float64), "mean_phase": ((), np.float64)},
         )
         state = integrator.init_fn(torch.as_tensor(theta0, dtype=dtype, device=dyn.device))
