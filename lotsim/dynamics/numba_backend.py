@@ -1,0 +1,596 @@
+"""Fused CPU kernel backend (numba): the torch reference's integrators as one compiled call.
+
+Same contract as :func:`lotsim.dynamics.core.kuramoto_integrator`: ``kuramoto_integrator(system,
+method=, dt=, seed=)`` returns an ``(init_fn, step_fn)`` pair over :class:`OscillatorState` with
+torch tensors in and out; :func:`supports` says which systems it runs (``backends.make_integrator``
+picks it on ``auto``). The torch backend stays the test oracle: float64 results agree to ~1e-12.
+
+How one call of ``step_fn(state, n_steps)`` runs (deterministic systems): a single compiled call
+does every step. Per Runge-Kutta stage, one pass over blocks of nodes
+
+1. aggregates ``sum_j W_ij (sin m theta_j, cos m theta_j)`` from the stage's sin/cos buffers
+   (padded neighbour table, CSR rows, or the two mean-field sums),
+2. forms ``sum_m h_m [S_i cos(m theta_i + a_m) - C_i sin(m theta_i + a_m)]`` with the angle-addition
+   identity (no transcendental per edge, none for the frustration either),
+3. updates the Runge-Kutta accumulator and the next stage's input in place,
+4. evaluates sin/cos of the next stage input for its own nodes only: 2N transcendentals per
+   harmonic per stage, with a branch-free vectorisable ``sincos`` (Cody-Waite reduction, fdlibm
+   polynomials, within 1 ulp of libm for |x| < 1e6; larger phases take libm per block).
+
+Only step 4's buffers are read across nodes, so they are double-buffered and everything else is
+updated in place: memory is O(N + E) per replica and flat in the number of steps. Threads split the
+replicas (one parallel region per call) when there are enough of them, else blocks of nodes (one
+parallel region per stage). Thread count follows ``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``.
+
+With noise, the increments come from exactly the torch backend's counter-based stream (a
+``torch.Generator`` seeded with ``noise_seed(seed, step)`` per step), generated for a chunk of steps
+and then integrated by the same kernel, so both backends give the same noisy trajectory up to
+round-off.
+
+Legend: ``b`` replicas, ``n`` nodes, ``k`` neighbour slots, ``m`` harmonics, ``e`` stored edges.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+from lotsim.dynamics.core import (
+    METHODS,
+    Integrator,
+    KuramotoSystem,
+    MeanFieldOperator,
+    Method,
+    NeighbourOperator,
+    OscillatorState,
+    SparseOperator,
+    noise_seed,
+)
+from lotsim.dynamics.core import kuramoto_integrator as _torch_integrator
+
+__all__ = ["supports", "kuramoto_integrator"]
+
+_JIT = {"cache": True, "error_model": "numpy", "fastmath": False}
+_BLOCK = 256  # nodes per work item: a block's buffers stay in L1
+_NEIGHBOURS, _CSR, _MEAN_FIELD = 0, 1, 2
+_ONE = np.uint64(1)
+_NOISE_CHUNK_BYTES = 8 << 20  # noise increments generated ahead, per chunk of steps
+_PARALLEL_MIN_NODES = 16384
+_MIN_RUN = 16  # shortest run of translated table rows read at fixed offsets instead of gathered
+_USE_RUNS = True
+_CHUNK_MIN = 4  # blocks per parallel work item, at least  # below this, one thread per call beats one barrier per stage
+
+# ---------------------------------------------------------------------------------------------------
+# sin and cos together, branch-free so the loops that call it vectorise (fdlibm k_sin / k_cos)
+
+_INV_PIO2 = 6.36619772367581382433e-01
+_PIO2_1 = 1.57079632673412561417e00  # first 33 bits of pi/2: q * _PIO2_1 is exact for |q| < 2**20
+_PIO2_2 = 6.07710050630396597660e-11  # next 33 bits
+_PIO2_3 = 2.02226624879595063154e-21  # pi/2 - _PIO2_1 - _PIO2_2
+_SINCOS_LIMIT = 1.0e6  # |x| above this takes libm (the reduction above needs |q| < 2**20)
+_S1, _S2, _S3 = -1.66666666666666324348e-01, 8.33333333332248946124e-03, -1.98412698298579493134e-04
+_S4, _S5, _S6 = 2.75573137070700676789e-06, -2.50507602534068634195e-08, 1.58969099521155010221e-10
+_C1, _C2, _C3 = 4.16666666666666019037e-02, -1.38888888888741095749e-03, 2.48015872894767294178e-05
+_C4, _C5, _C6 = -2.75573143513906633035e-07, 2.08757232129817482790e-09, -1.13596475577881948265e-11
+
+
+@njit(inline="always", **_JIT)
+def _sincos(x):
+    """(sin x, cos x) in float64 for |x| < 1e6, within about 1 ulp of libm."""
+    q = np.floor(x * _INV_PIO2 + 0.5)
+    r = ((x - q * _PIO2_1) - q * _PIO2_2) - q * _PIO2_3  # r in [-pi/4, pi/4]
+    z = r * r
+    sp = r + (z * r) * (_S1 + z * (_S2 + z * (_S3 + z * (_S4 + z * (_S5 + z * _S6)))))
+    hz = 0.5 * z
+    w = 1.0 - hz
+    cp = w + (((1.0 - w) - hz) + z * (z * (_C1 + z * (_C2 + z * (_C3 + z * (_C4 + z * (_C5 + z * _C6)))))))
+    quadrant = np.int64(q) & 3
+    s = cp if quadrant & 1 else sp
+    c = sp if quadrant & 1 else cp
+    s = -s if quadrant & 2 else s
+    c = -c if (quadrant + 1) & 2 else c
+    return s, c
+
+
+# ---------------------------------------------------------------------------------------------------
+# The kernel. One work item = (replica r, block of nodes i0:i1) for one stage. Arguments are packed in
+# tuples (CPython passes calls of more than 30 arguments as *args, which numba cannot inline):
+#   theta, vel (b, n)   the state, updated in place (vel is (1, 1) for first-order systems)
+#   par     (omega (b, n), coupling (b, n), harm (m,), cos_a (m,), sin_a (m,), mult (m,), stage_c (s,),
+#            stage_w (s,), consts [mu, final]): frequencies, coupling strengths, per harmonic the amplitude,
+#            cos/sin of the phase lag and the order m; the Runge-Kutta tableau (see _tableau)
+#   op      (kind, index (n, k) uint32, weight (n, k), pieces (p, 3) [lo, hi, run], block_pieces
+#            (blocks, 2), run_offset (runs, k) uint64, run_weight (runs, k), indptr (n + 1,),
+#            indices (e,) uint32, data (e,), mean-field scale): the coupling operator
+#   buf     (S, C (2, m, b, n): sin/cos of the current [cur] and next [1 - cur] stage input;
+#            AS, AC (m, b, n): W S and W C; D (b, n): the coupling sum, then the slope;
+#            Y, V (b, n): next stage input; AT, AV (b, n): Runge-Kutta accumulators;
+#            psum (2, m, b, blocks), sums (2, m, b): the mean-field sums)
+#   dw (steps, b, n)    noise increments (used when ``noisy``)
+
+
+@njit(**_JIT)
+def _reduce_mean_field(r, buf):
+    """sums[:, m, r] = sum over blocks of the partial sums, in a fixed order (deterministic)."""
+    psum, sums = buf[9], buf[10]
+    for m in range(psum.shape[1]):
+        for h in range(2):
+            acc = 0.0
+            for blk in range(psum.shape[3]):
+                acc += psum[h, m, r, blk]
+            sums[h, m, r] = acc
+
+
+@njit(**_JIT)
+def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial, noisy, dw, buf):
+    """Runge-Kutta stage ``stage`` for blocks blk0:blk1 of replica r; ``stage = -1`` prepares stage 0.
+
+    Written as one function, block loop outermost: numba's calls cost ~1 ns per node at this block
+    size (the ~30 arrays cross every call), and inlining helpers at the numba level multiplies the
+    compile time by ten. Per block:
+    1. AS/AC = W S/C[cur] (neighbour table: lattice runs at fixed offsets, others gathered; CSR; mean field),
+    2. D = sum_m h_m [AS cos(m th + a_m) - AC sin(m th + a_m)] by angle addition (exact for a_m = 0),
+    3. the Runge-Kutta update in the torch reference's order of operations; Y, V = the next input,
+    4. S/C[1 - cur] = sin/cos of the next input (+ the block's mean-field partial sums).
+    Each loop touches at most three arrays, so LLVM's runtime alias checks stay within its limits
+    and every loop vectorises.
+    """
+    omega, coupling, harm, cos_a, sin_a, mult, stage_c, stage_w, consts = par
+    kind, index, weight, pieces, block_pieces, run_offset, run_weight, indptr, indices, data, scale = op
+    S, C, AS, AC, D, Y, V, AT, AV, psum, sums = buf
+    n = theta.shape[1]
+    n_harm = harm.shape[0]
+    mu = consts[0]
+    final = consts[1]
+    first = stage == 0
+    last = stage == stage_w.shape[0] - 1
+    w_s = stage_w[max(stage, 0)]
+    c_s = stage_c[max(stage, 0)]
+    nxt = 0 if stage < 0 else 1 - cur
+    src = theta if stage < 0 or last else Y
+    for blk in range(blk0, blk1):
+        i0 = np.uint64(blk * _BLOCK)  # unsigned indices spare numba's negative-index wraparound (3x)
+        i1 = np.uint64(min(blk * _BLOCK + _BLOCK, n))
+        if stage < 0:
+            if inertial:
+                for i in range(i0, i1):
+                    V[r, i] = vel[r, i]
+        else:
+            # 1. aggregate
+            for m in range(n_harm):
+                if kind == _NEIGHBOURS:
+                    for p in range(block_pieces[blk, 0], block_pieces[blk, 1]):
+                        lo = max(np.uint64(pieces[p, 0]), i0)
+                        hi = min(np.uint64(pieces[p, 1]), i1)
+                        run = pieces[p, 2]
+                        if run >= 0:  # same terms in the same order as the gather: bitwise equal
+                            for i in range(lo, hi):
+                                AS[m, r, i] = 0.0
+                                AC[m, r, i] = 0.0
+                            for slot in range(run_offset.shape[1]):
+                                d = run_offset[run, slot]  # uint64: i + d wraps to i - |d|
+                                w = run_weight[run, slot]
+                                for i in range(lo, hi):
+                                    AS[m, r, i] += w * S[cur, m, r, i + d]
+                                    AC[m, r, i] += w * C[cur, m, r, i + d]
+                        else:
+                            for i in range(lo, hi):
+                                a_s = 0.0
+                                a_c = 0.0
+                                for slot in range(index.shape[1]):
+                                    j = index[i, slot]
+                                    w = weight[i, slot]
+                                    a_s += w * S[cur, m, r, j]
+                                    a_c += w * C[cur, m, r, j]
+                                AS[m, r, i] = a_s
+                                AC[m, r, i] = a_c
+                elif kind == _CSR:
+                    for i in range(i0, i1):
+                        a_s = 0.0
+                        a_c = 0.0
+                        for e in range(indptr[i], indptr[i + _ONE]):
+                            j = indices[e]
+                            a_s += data[e] * S[cur, m, r, j]
+                            a_c += data[e] * C[cur, m, r, j]
+                        AS[m, r, i] = a_s
+                        AC[m, r, i] = a_c
+                else:
+                    xs = sums[0, m, r]
+                    xc = sums[1, m, r]
+                    for i in range(i0, i1):
+                        AS[m, r, i] = scale * (xs - S[cur, m, r, i])
+                        AC[m, r, i] = scale * (xc - C[cur, m, r, i])
+            # 2. the coupling sum, then the drift
+            if n_harm == 0:
+                for i in range(i0, i1):
+                    D[r, i] = 0.0
+            for m in range(n_harm):
+                h = harm[m]
+                ca = cos_a[m]
+                sa = sin_a[m]
+                for i in range(i0, i1):
+                    s = S[cur, m, r, i]
+                    c = C[cur, m, r, i]
+                    term = h * (AS[m, r, i] * (c * ca - s * sa) - AC[m, r, i] * (s * ca + c * sa))
+                    D[r, i] = term if m == 0 else D[r, i] + term
+            for i in range(i0, i1):
+                D[r, i] = omega[r, i] + coupling[r, i] * D[r, i]
+            # 3. the update: stage input y + c_s k; step y + final * sum_s w_s k_s; + noise
+            if not inertial:  # k = D
+                if last:
+                    if first:
+                        for i in range(i0, i1):
+                            theta[r, i] = theta[r, i] + final * (D[r, i] * w_s)
+                    else:
+                        for i in range(i0, i1):
+                            theta[r, i] = theta[r, i] + final * (AT[r, i] + w_s * D[r, i])
+                else:
+                    if first:
+                        for i in range(i0, i1):
+                            AT[r, i] = D[r, i] * w_s
+                    else:
+                        for i in range(i0, i1):
+                            AT[r, i] = AT[r, i] + w_s * D[r, i]
+                    for i in range(i0, i1):
+                        Y[r, i] = theta[r, i] + c_s * D[r, i]
+                if noisy:
+                    for i in range(i0, i1):
+                        src[r, i] = src[r, i] + dw[step, r, i]
+            else:  # y = (theta, v), k = (V, (drift - V) / mu) with V the stage's velocity input
+                for i in range(i0, i1):
+                    D[r, i] = (D[r, i] - V[r, i]) / mu
+                if last:
+                    if first:
+                        for i in range(i0, i1):
+                            theta[r, i] = theta[r, i] + final * (V[r, i] * w_s)
+                        for i in range(i0, i1):
+                            vel[r, i] = vel[r, i] + final * (D[r, i] * w_s)
+                    else:
+                        for i in range(i0, i1):
+                            theta[r, i] = theta[r, i] + final * (AT[r, i] + w_s * V[r, i])
+                        for i in range(i0, i1):
+                            vel[r, i] = vel[r, i] + final * (AV[r, i] + w_s * D[r, i])
+                    if noisy:
+                        for i in range(i0, i1):
+                            vel[r, i] = vel[r, i] + dw[step, r, i] / mu
+                    for i in range(i0, i1):
+                        V[r, i] = vel[r, i]
+                else:
+                    if first:
+                        for i in range(i0, i1):
+                            AT[r, i] = V[r, i] * w_s
+                        for i in range(i0, i1):
+                            AV[r, i] = D[r, i] * w_s
+                    else:
+                        for i in range(i0, i1):
+                            AT[r, i] = AT[r, i] + w_s * V[r, i]
+                        for i in range(i0, i1):
+                            AV[r, i] = AV[r, i] + w_s * D[r, i]
+                    for i in range(i0, i1):
+                        Y[r, i] = theta[r, i] + c_s * V[r, i]
+                    for i in range(i0, i1):
+                        V[r, i] = vel[r, i] + c_s * D[r, i]
+                    if noisy:
+                        for i in range(i0, i1):
+                            V[r, i] = V[r, i] + dw[step, r, i] / mu
+        # 4. sin/cos of the next input
+        for m in range(n_harm):
+            big = 0
+            mm = mult[m]
+            if mm == 1.0:
+                for i in range(i0, i1):
+                    x = src[r, i]
+                    s, c = _sincos(x)
+                    S[nxt, m, r, i] = s
+                    C[nxt, m, r, i] = c
+                    big += abs(x) > _SINCOS_LIMIT
+            else:
+                for i in range(i0, i1):
+                    x = mm * src[r, i]
+                    s, c = _sincos(x)
+                    S[nxt, m, r, i] = s
+                    C[nxt, m, r, i] = c
+                    big += abs(x) > _SINCOS_LIMIT
+            if big > 0:  # rare: phases beyond 1e6 rad (or NaN/inf), where libm is exact
+                for i in range(i0, i1):
+                    x = src[r, i] if mm == 1.0 else mm * src[r, i]
+                    S[nxt, m, r, i] = np.sin(x)
+                    C[nxt, m, r, i] = np.cos(x)
+            if kind == _MEAN_FIELD:
+                ps = 0.0
+                pc = 0.0
+                for i in range(i0, i1):
+                    ps += S[nxt, m, r, i]
+                    pc += C[nxt, m, r, i]
+                psum[0, m, r, blk] = ps
+                psum[1, m, r, blk] = pc
+
+
+@njit(parallel=True, **_JIT)
+def _integrate(by_replica, chunk, n_steps, theta, vel, par, op, inertial, noisy, dw, buf):
+    """Advance theta (b, n) [and vel] in place by n_steps; ``buf`` is scratch.
+
+    ``by_replica``: each thread integrates whole replicas (one parallel region in all); else threads
+    split chunks of ``chunk`` blocks of every replica (one parallel region per stage). Integers reach
+    ``_stage_chunk`` as int64 variables, never literals, so it is compiled once per dtype."""
+    b, n = theta.shape
+    n_blocks = np.int64((n + _BLOCK - 1) // _BLOCK)
+    n_stages = par[7].shape[0]
+    kind = op[0]
+    prepare = np.int64(-1)
+    zero = np.int64(0)
+    if by_replica:
+        for r in prange(b):
+            rr = np.int64(r)
+            _stage_chunk(rr, zero, n_blocks, prepare, zero, zero, theta, vel, par, op, inertial, noisy, dw, buf)
+            if kind == _MEAN_FIELD:
+                _reduce_mean_field(rr, buf)
+            cur = np.int64(0)
+            for step in range(n_steps):
+                for stage in range(n_stages):
+                    _stage_chunk(rr, zero, n_blocks, np.int64(stage), cur, np.int64(step), theta, vel, par, op,
+                                 inertial, noisy, dw, buf)
+                    if kind == _MEAN_FIELD:
+                        _reduce_mean_field(rr, buf)
+                    cur = 1 - cur
+    else:
+        n_chunks = (n_blocks + chunk - 1) // chunk
+        for t in prange(b * n_chunks):
+            r = np.int64(t // n_chunks)
+            blk0 = np.int64((t - r * n_chunks) * chunk)
+            blk1 = np.int64(min(blk0 + chunk, n_blocks))
+            _stage_chunk(r, blk0, blk1, prepare, zero, zero, theta, vel, par, op, inertial, noisy, dw, buf)
+        if kind == _MEAN_FIELD:
+            for r in range(b):
+                _reduce_mean_field(np.int64(r), buf)
+        cur = np.int64(0)
+        for step in range(n_steps):
+            for stage in range(n_stages):
+                for t in prange(b * n_chunks):
+                    r = np.int64(t // n_chunks)
+                    blk0 = np.int64((t - r * n_chunks) * chunk)
+                    blk1 = np.int64(min(blk0 + chunk, n_blocks))
+                    _stage_chunk(r, blk0, blk1, np.int64(stage), cur, np.int64(step), theta, vel, par, op,
+                                 inertial, noisy, dw, buf)
+                if kind == _MEAN_FIELD:
+                    for r in range(b):
+                        _reduce_mean_field(np.int64(r), buf)
+                cur = 1 - cur
+
+
+# ---------------------------------------------------------------------------------------------------
+# Python side: which systems, the Runge-Kutta tableaux, and the (init_fn, step_fn) pair
+
+
+def _tensors(system: KuramotoSystem) -> list:
+    op = system.operator
+    if isinstance(op, NeighbourOperator):
+        return [system.omega, system.coupling, op.index, op.weight]
+    if isinstance(op, SparseOperator):
+        return [system.omega, system.coupling, op.weight]
+    return [system.omega, system.coupling]
+
+
+def supports(system: KuramotoSystem) -> bool:
+    """Whether this backend runs ``system``: CPU float32/float64 tensors without autograd, and a padded
+    neighbour table, a CSR matrix or the mean field (dense ``W`` stays on torch)."""
+    op = system.operator
+    if not isinstance(op, (NeighbourOperator, SparseOperator, MeanFieldOperator)):
+        return False
+    if isinstance(op, SparseOperator) and op.weight.layout != torch.sparse_csr:
+        return False
+    if op.n >= 2**31 - 1:
+        return False
+    for t in _tensors(system):
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.requires_grad:
+            return False
+        if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+            return False
+    return system.omega.ndim <= 2 and system.coupling.ndim <= 2
+
+
+def _tableau(method: Method, dt: float) -> tuple[list[float], list[float], float]:
+    """(stage_c, stage_w, final): stage s+1 input is ``y + stage_c[s] k_s``, the step is
+    ``y + final * sum_s stage_w[s] k_s``, each written in the torch reference's order of operations."""
+    if method == "euler":
+        return [dt], [1.0], dt
+    if method == "heun":
+        return [dt, 0.0], [1.0, 1.0], 0.5 * dt
+    return [0.5 * dt, 0.5 * dt, dt, 0.0], [1.0, 2.0, 2.0, 1.0], dt / 6.0
+
+
+def _lattice_runs(index: np.ndarray, weight: np.ndarray, n_blocks: int):
+    """Split the nodes of a neighbour table into runs whose rows are translates of each other.
+
+    Returns ``pieces`` (p, 3) int64 rows ``[lo, hi, run]`` covering 0..n in order (``run`` = -1: gather
+    through the table), ``block_pieces`` (blocks, 2) the pieces overlapping each block, and the runs'
+    ``offset`` (runs, k) (as uint64, two's complement) and ``weight`` (runs, k).
+    """
+    n, k = index.shape
+    offset = index.astype(np.int64) - np.arange(n)[:, None]
+    same = np.all(offset[1:] == offset[:-1], axis=1) & np.all(weight[1:] == weight[:-1], axis=1)
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    ends = np.append(starts[1:], n)
+    pieces, run_starts = [], []
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        if hi - lo >= _MIN_RUN:
+            pieces.append([lo, hi, len(run_starts)])
+            run_starts.append(lo)
+        elif pieces and pieces[-1][2] == -1:
+            pieces[-1][1] = hi  # merge neighbouring short runs into one gathered piece
+        else:
+            pieces.append([lo, hi, -1])
+    pieces = np.array(pieces, dtype=np.int64).reshape(-1, 3)
+    block_lo = np.arange(n_blocks, dtype=np.int64) * _BLOCK
+    block_hi = np.minimum(block_lo + _BLOCK, n)
+    block_pieces = np.stack([np.searchsorted(pieces[:, 1], block_lo, side="right"),
+                             np.searchsorted(pieces[:, 0], block_hi, side="left")], axis=1).astype(np.int64)
+    run_starts = np.array(run_starts, dtype=np.int64)
+    return (pieces, block_pieces, np.ascontiguousarray(offset[run_starts]).view(np.uint64).reshape(-1, k),
+            np.ascontiguousarray(weight[run_starts]).reshape(-1, k))
+
+
+def _operator_arrays(op, dtype: np.dtype, runs: bool = True) -> tuple:
+    """The coupling operator as the kernel's ``op`` tuple, in one dtype (see the kernel's legend)."""
+    n = op.n
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    index = np.zeros((0, 0), np.uint32)
+    weight = np.zeros((0, 0), dtype)
+    pieces = np.zeros((0, 3), np.int64)
+    block_pieces = np.zeros((n_blocks, 2), np.int64)
+    run_offset = np.zeros((0, 0), np.uint64)
+    run_weight = np.zeros((0, 0), dtype)
+    indptr = np.zeros(1, np.int64)
+    indices = np.zeros(0, np.uint32)
+    data = np.zeros(0, dtype)
+    scale = 0.0
+    if isinstance(op, NeighbourOperator):
+        kind = _NEIGHBOURS
+        index = np.ascontiguousarray(op.index.numpy(), dtype=np.uint32)
+        weight = np.ascontiguousarray(op.weight.detach().numpy(), dtype=dtype)
+        if runs:
+            pieces, block_pieces, run_offset, run_weight = _lattice_runs(index, weight, n_blocks)
+        else:
+            pieces = np.array([[0, n, -1]], np.int64)
+            block_pieces[:, 1] = 1
+    elif isinstance(op, SparseOperator):
+        kind = _CSR
+        indptr = op.weight.crow_indices().numpy().astype(np.int64)
+        indices = op.weight.col_indices().numpy().astype(np.uint32)
+        data = op.weight.values().detach().numpy().astype(dtype)
+    else:
+        kind = _MEAN_FIELD
+        scale = float(op.scale)
+    return (kind, index, weight, pieces, block_pieces, run_offset, run_weight, indptr, indices, data,
+            dtype.type(scale))
+
+
+def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: float = 0.01,
+                        seed: int = 0) -> Integrator:
+    """Fixed-step integrator for ``system`` running in one compiled call per ``step_fn`` call.
+
+    Same arguments, checks and results (to round-off) as the torch reference
+    :func:`lotsim.dynamics.core.kuramoto_integrator`. States whose tensors need autograd, live on
+    another device or do not match the system's shape or dtype are stepped by the torch reference.
+
+    Args:
+        system: the oscillator system (see :func:`supports`).
+        method: euler | heun | rk4 (with noise: Euler-Maruyama or stochastic Heun).
+        dt: time step, > 0.
+        seed: noise stream seed.
+    """
+    reference = _torch_integrator(system, method=method, dt=dt, seed=seed)  # validates the arguments
+    if not supports(system):
+        raise ValueError(f"the numba backend does not support this system ({type(system.operator).__name__}, "
+                         "or tensors that need autograd / are not on the CPU); use the torch backend")
+    assert method in METHODS
+    inertial = system.inertia > 0
+    mu = float(system.inertia) if inertial else 1.0
+    sigma = math.sqrt(2.0 * system.noise * dt) if system.noise > 0 else 0.0
+    active = [(h, a, m) for m, (h, a) in enumerate(zip(system.harmonics, system.frustration), start=1) if h != 0]
+    stage_c, stage_w, final = _tableau(method, dt)
+    n = system.operator.n
+    cache: dict = {}
+
+    def _parameters(dtype: torch.dtype, shape: tuple[int, int]) -> dict:
+        key = (dtype, shape)
+        if key not in cache:
+            np_dtype = np.dtype(str(dtype).removeprefix("torch."))
+            if np_dtype not in cache:
+                cache[np_dtype] = _operator_arrays(system.operator, np_dtype, runs=_USE_RUNS)
+            omega = np.broadcast_to(system.omega.detach().numpy().astype(np_dtype), shape)
+            coupling = np.broadcast_to(system.coupling.detach().numpy().astype(np_dtype), shape)
+            cache[key] = {
+                "op": cache[np_dtype],
+                "par": (np.array(omega, order="C"), np.array(coupling, order="C"),  # writeable copies
+                        np.array([h for h, _, _ in active], np_dtype),
+                        np.array([math.cos(a) for _, a, _ in active], np_dtype),
+                        np.array([math.sin(a) for _, a, _ in active], np_dtype),
+                        np.array([m for _, _, m in active], np_dtype),
+                        np.array(stage_c, np_dtype), np.array(stage_w, np_dtype), np.array([mu, final], np_dtype)),
+            }
+        return cache[key]
+
+    def _work_dtype(theta: torch.Tensor) -> torch.dtype:
+        dtype = torch.promote_types(theta.dtype, system.omega.dtype)
+        dtype = torch.promote_types(dtype, system.coupling.dtype)
+        op = system.operator
+        weight = op.weight if isinstance(op, (NeighbourOperator, SparseOperator)) else None
+        return dtype if weight is None else torch.promote_types(dtype, weight.dtype)
+
+    def _runs_here(state: OscillatorState) -> bool:
+        theta = state.theta
+        tensors = [theta] if state.velocity is None else [theta, state.velocity]
+        if any(t.device.type != "cpu" or t.requires_grad for t in tensors):
+            return False
+        if theta.ndim != 2 or theta.shape[1] != n or theta.dtype not in (torch.float32, torch.float64):
+            return False
+        if inertial and (state.velocity is None or state.velocity.shape != theta.shape):
+            return False
+        try:  # the parameters must broadcast to the state without changing its shape
+            if torch.broadcast_shapes(theta.shape, system.omega.shape, system.coupling.shape) != theta.shape:
+                return False
+        except RuntimeError:
+            return False
+        return sigma == 0.0 or _work_dtype(theta) == theta.dtype  # the noise is drawn in the state's dtype
+
+    def init_fn(theta: torch.Tensor, velocity: torch.Tensor | None = None, step: int = 0) -> OscillatorState:
+        return reference.init_fn(theta, velocity, step)
+
+    def step_fn(state: OscillatorState, n_steps: int = 1) -> OscillatorState:
+        n_steps = int(n_steps)
+        if n_steps <= 0:
+            return state
+        if not _runs_here(state):
+            return reference.step_fn(state, n_steps)
+        dtype = _work_dtype(state.theta)
+        b = state.theta.shape[0]
+        p = _parameters(dtype, (b, n))
+        np_dtype = p["par"][0].dtype
+        theta = state.theta.detach().numpy().astype(np_dtype, copy=True)  # the state stays immutable
+        vel = (state.velocity.detach().numpy().astype(np_dtype, copy=True) if inertial
+               else np.zeros((1, 1), np_dtype))
+        n_harm = p["par"][2].shape[0]
+        n_blocks = (n + _BLOCK - 1) // _BLOCK
+        buf = (np.empty((2, n_harm, b, n), np_dtype), np.empty((2, n_harm, b, n), np_dtype),  # S, C
+               np.empty((n_harm, b, n), np_dtype), np.empty((n_harm, b, n), np_dtype),  # AS, AC
+               np.empty((b, n), np_dtype), np.empty((b, n), np_dtype),  # D, Y
+               np.empty((b, n) if inertial else (1, 1), np_dtype), np.empty((b, n), np_dtype),  # V, AT
+               np.empty((b, n) if inertial else (1, 1), np_dtype),  # AV
+               np.empty((2, n_harm, b, n_blocks), np_dtype), np.empty((2, n_harm, b), np_dtype))  # psum, sums
+        threads = numba.get_num_threads()
+        by_replica = (threads == 1 or b * n < _PARALLEL_MIN_NODES
+                      or (b >= threads and (b % threads == 0 or b >= 4 * threads)))
+        # node-parallel work items: a few per thread and replica, each at least _CHUNK_MIN blocks
+        chunk_blocks = max(_CHUNK_MIN, -(-n_blocks // (4 * threads)))
+
+        def run(steps: int, dw: np.ndarray | None) -> None:
+            _integrate(by_replica, chunk_blocks, steps, theta, vel, p["par"], p["op"], inertial, dw is not None,
+                       _NO_NOISE[np_dtype] if dw is None else dw, buf)
+
+        if sigma == 0.0:
+            run(n_steps, None)
+        else:
+            chunk = max(1, min(n_steps, _NOISE_CHUNK_BYTES // max(1, b * n * np_dtype.itemsize)))
+            dw = torch.empty((chunk, b, n), dtype=dtype)
+            done = 0
+            while done < n_steps:
+                steps = min(chunk, n_steps - done)
+                for j in range(steps):  # the torch backend's stream: one generator per step
+                    gen = torch.Generator().manual_seed(noise_seed(seed, state.step + done + j))
+                    torch.randn((b, n), generator=gen, dtype=dtype, out=dw[j])
+                dw[:steps].mul_(sigma)
+                run(steps, dw.numpy())
+                done += steps
+        return OscillatorState(theta=torch.from_numpy(theta), velocity=torch.from_numpy(vel) if inertial else None,
+                               step=state.step + n_steps)
+
+    return Integrator(init_fn, step_fn)
+
+
+_NO_NOISE = {np.dtype(np.float32): np.zeros((1, 1, 1), np.float32),
+             np.dtype(np.float64): np.zeros((1, 1, 1), np.float64)}
