@@ -129,11 +129,11 @@ def _reduce_mean_field(r, buf):
 def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial, noisy, dw, buf):
     """Runge-Kutta stage ``stage`` for blocks blk0:blk1 of replica r; ``stage = -1`` prepares stage 0.
 
-    Written as one function, block loop outermost: numba's calls cost ~1 ns per node at this block
+    Written as one function, block loop outermost: a numba call costs ~1 ns per node at this block
     size (the ~30 arrays cross every call), and inlining helpers at the numba level multiplies the
     compile time by ten. Per block:
     1. AS/AC = W S/C[cur] (neighbour table: lattice runs at fixed offsets, others gathered; CSR; mean field),
-    2. D = sum_m h_m [AS cos(m th + a_m) - AC sin(m th + a_m)] by angle addition (exact for a_m = 0),
+    2. D = omega + K sum_m h_m [AS cos(m th + a_m) - AC sin(m th + a_m)], the lag by angle addition,
     3. the Runge-Kutta update in the torch reference's order of operations; Y, V = the next input,
     4. S/C[1 - cur] = sin/cos of the next input (+ the block's mean-field partial sums).
     Each loop touches at most three arrays, so LLVM's runtime alias checks stay within its limits
@@ -144,168 +144,177 @@ def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial,
     S, C, AS, AC, D, Y, V, AT, AV, psum, sums = buf
     n = theta.shape[1]
     n_harm = harm.shape[0]
-    mu = consts[0]
-    final = consts[1]
+    k = index.shape[1]  # neighbour slots (>= 1: the table pads empty rows)
+    mu, final = consts[0], consts[1]
     first = stage == 0
     last = stage == stage_w.shape[0] - 1
     w_s = stage_w[max(stage, 0)]
     c_s = stage_c[max(stage, 0)]
     nxt = 0 if stage < 0 else 1 - cur
-    src = theta if stage < 0 or last else Y
+    # this replica's rows (1-D views)
+    th, om, kk, d, y, at = theta[r], omega[r], coupling[r], D[r], Y[r], AT[r]
+    src = th if stage < 0 or last else y
+    if inertial:
+        vl, v, av = vel[r], V[r], AV[r]
+    else:
+        vl, v, av = vel[0], vel[0], vel[0]  # unused
     for blk in range(blk0, blk1):
         i0 = np.uint64(blk * _BLOCK)  # unsigned indices spare numba's negative-index wraparound (3x)
         i1 = np.uint64(min(blk * _BLOCK + _BLOCK, n))
         if stage < 0:
             if inertial:
                 for i in range(i0, i1):
-                    V[r, i] = vel[r, i]
+                    v[i] = vl[i]
         else:
             # 1. aggregate
             for m in range(n_harm):
+                s_in, c_in, a_s, a_c = S[cur, m, r], C[cur, m, r], AS[m, r], AC[m, r]
                 if kind == _NEIGHBOURS:
                     for p in range(block_pieces[blk, 0], block_pieces[blk, 1]):
                         lo = max(np.uint64(pieces[p, 0]), i0)
                         hi = min(np.uint64(pieces[p, 1]), i1)
                         run = pieces[p, 2]
-                        if run >= 0:  # same terms in the same order as the gather: bitwise equal
+                        if run >= 0:  # the gather's terms in the gather's order: bitwise equal
+                            o1 = run_offset[run, 0]  # uint64: i + o wraps to i - |o|
+                            w1 = run_weight[run, 0]
                             for i in range(lo, hi):
-                                AS[m, r, i] = 0.0
-                                AC[m, r, i] = 0.0
-                            for slot in range(run_offset.shape[1]):
-                                d = run_offset[run, slot]  # uint64: i + d wraps to i - |d|
-                                w = run_weight[run, slot]
-                                for i in range(lo, hi):
-                                    AS[m, r, i] += w * S[cur, m, r, i + d]
-                                    AC[m, r, i] += w * C[cur, m, r, i + d]
+                                a_s[i] = w1 * s_in[i + o1]
+                                a_c[i] = w1 * c_in[i + o1]
+                            for slot in range(1, k, 3):  # up to three slots per pass over a_s, a_c
+                                o1, w1 = run_offset[run, slot], run_weight[run, slot]
+                                if slot + 2 < k:
+                                    o2, w2 = run_offset[run, slot + 1], run_weight[run, slot + 1]
+                                    o3, w3 = run_offset[run, slot + 2], run_weight[run, slot + 2]
+                                    for i in range(lo, hi):
+                                        a_s[i] = ((a_s[i] + w1 * s_in[i + o1]) + w2 * s_in[i + o2]) + w3 * s_in[i + o3]
+                                        a_c[i] = ((a_c[i] + w1 * c_in[i + o1]) + w2 * c_in[i + o2]) + w3 * c_in[i + o3]
+                                elif slot + 1 < k:
+                                    o2, w2 = run_offset[run, slot + 1], run_weight[run, slot + 1]
+                                    for i in range(lo, hi):
+                                        a_s[i] = (a_s[i] + w1 * s_in[i + o1]) + w2 * s_in[i + o2]
+                                        a_c[i] = (a_c[i] + w1 * c_in[i + o1]) + w2 * c_in[i + o2]
+                                else:
+                                    for i in range(lo, hi):
+                                        a_s[i] = a_s[i] + w1 * s_in[i + o1]
+                                        a_c[i] = a_c[i] + w1 * c_in[i + o1]
                         else:
                             for i in range(lo, hi):
-                                a_s = 0.0
-                                a_c = 0.0
-                                for slot in range(index.shape[1]):
+                                j = index[i, 0]
+                                acc_s = weight[i, 0] * s_in[j]
+                                acc_c = weight[i, 0] * c_in[j]
+                                for slot in range(1, k):
                                     j = index[i, slot]
-                                    w = weight[i, slot]
-                                    a_s += w * S[cur, m, r, j]
-                                    a_c += w * C[cur, m, r, j]
-                                AS[m, r, i] = a_s
-                                AC[m, r, i] = a_c
+                                    acc_s += weight[i, slot] * s_in[j]
+                                    acc_c += weight[i, slot] * c_in[j]
+                                a_s[i] = acc_s
+                                a_c[i] = acc_c
                 elif kind == _CSR:
                     for i in range(i0, i1):
-                        a_s = 0.0
-                        a_c = 0.0
+                        acc_s = 0.0
+                        acc_c = 0.0
                         for e in range(indptr[i], indptr[i + _ONE]):
-                            j = indices[e]
-                            a_s += data[e] * S[cur, m, r, j]
-                            a_c += data[e] * C[cur, m, r, j]
-                        AS[m, r, i] = a_s
-                        AC[m, r, i] = a_c
+                            acc_s += data[e] * s_in[indices[e]]
+                            acc_c += data[e] * c_in[indices[e]]
+                        a_s[i] = acc_s
+                        a_c[i] = acc_c
                 else:
-                    xs = sums[0, m, r]
-                    xc = sums[1, m, r]
+                    xs, xc = sums[0, m, r], sums[1, m, r]
                     for i in range(i0, i1):
-                        AS[m, r, i] = scale * (xs - S[cur, m, r, i])
-                        AC[m, r, i] = scale * (xc - C[cur, m, r, i])
+                        a_s[i] = scale * (xs - s_in[i])
+                        a_c[i] = scale * (xc - c_in[i])
             # 2. the coupling sum, then the drift
             if n_harm == 0:
                 for i in range(i0, i1):
-                    D[r, i] = 0.0
+                    d[i] = 0.0
             for m in range(n_harm):
-                h = harm[m]
-                ca = cos_a[m]
-                sa = sin_a[m]
+                s_in, c_in, a_s, a_c = S[cur, m, r], C[cur, m, r], AS[m, r], AC[m, r]
+                h, ca, sa = harm[m], cos_a[m], sin_a[m]
                 for i in range(i0, i1):
-                    s = S[cur, m, r, i]
-                    c = C[cur, m, r, i]
-                    term = h * (AS[m, r, i] * (c * ca - s * sa) - AC[m, r, i] * (s * ca + c * sa))
-                    D[r, i] = term if m == 0 else D[r, i] + term
+                    term = h * (a_s[i] * (c_in[i] * ca - s_in[i] * sa) - a_c[i] * (s_in[i] * ca + c_in[i] * sa))
+                    d[i] = term if m == 0 else d[i] + term
             for i in range(i0, i1):
-                D[r, i] = omega[r, i] + coupling[r, i] * D[r, i]
+                d[i] = om[i] + kk[i] * d[i]
             # 3. the update: stage input y + c_s k; step y + final * sum_s w_s k_s; + noise
-            if not inertial:  # k = D
+            if not inertial:  # k = d
                 if last:
                     if first:
                         for i in range(i0, i1):
-                            theta[r, i] = theta[r, i] + final * (D[r, i] * w_s)
+                            th[i] = th[i] + final * (d[i] * w_s)
                     else:
                         for i in range(i0, i1):
-                            theta[r, i] = theta[r, i] + final * (AT[r, i] + w_s * D[r, i])
+                            th[i] = th[i] + final * (at[i] + w_s * d[i])
                 else:
                     if first:
                         for i in range(i0, i1):
-                            AT[r, i] = D[r, i] * w_s
+                            at[i] = d[i] * w_s
                     else:
                         for i in range(i0, i1):
-                            AT[r, i] = AT[r, i] + w_s * D[r, i]
+                            at[i] = at[i] + w_s * d[i]
                     for i in range(i0, i1):
-                        Y[r, i] = theta[r, i] + c_s * D[r, i]
+                        y[i] = th[i] + c_s * d[i]
                 if noisy:
                     for i in range(i0, i1):
-                        src[r, i] = src[r, i] + dw[step, r, i]
-            else:  # y = (theta, v), k = (V, (drift - V) / mu) with V the stage's velocity input
+                        src[i] = src[i] + dw[step, r, i]
+            else:  # y = (theta, v), k = (v, (drift - v) / mu) with v the stage's velocity input
                 for i in range(i0, i1):
-                    D[r, i] = (D[r, i] - V[r, i]) / mu
+                    d[i] = (d[i] - v[i]) / mu
                 if last:
                     if first:
                         for i in range(i0, i1):
-                            theta[r, i] = theta[r, i] + final * (V[r, i] * w_s)
+                            th[i] = th[i] + final * (v[i] * w_s)
                         for i in range(i0, i1):
-                            vel[r, i] = vel[r, i] + final * (D[r, i] * w_s)
+                            vl[i] = vl[i] + final * (d[i] * w_s)
                     else:
                         for i in range(i0, i1):
-                            theta[r, i] = theta[r, i] + final * (AT[r, i] + w_s * V[r, i])
+                            th[i] = th[i] + final * (at[i] + w_s * v[i])
                         for i in range(i0, i1):
-                            vel[r, i] = vel[r, i] + final * (AV[r, i] + w_s * D[r, i])
+                            vl[i] = vl[i] + final * (av[i] + w_s * d[i])
                     if noisy:
                         for i in range(i0, i1):
-                            vel[r, i] = vel[r, i] + dw[step, r, i] / mu
+                            vl[i] = vl[i] + dw[step, r, i] / mu
                     for i in range(i0, i1):
-                        V[r, i] = vel[r, i]
+                        v[i] = vl[i]
                 else:
                     if first:
                         for i in range(i0, i1):
-                            AT[r, i] = V[r, i] * w_s
+                            at[i] = v[i] * w_s
                         for i in range(i0, i1):
-                            AV[r, i] = D[r, i] * w_s
+                            av[i] = d[i] * w_s
                     else:
                         for i in range(i0, i1):
-                            AT[r, i] = AT[r, i] + w_s * V[r, i]
+                            at[i] = at[i] + w_s * v[i]
                         for i in range(i0, i1):
-                            AV[r, i] = AV[r, i] + w_s * D[r, i]
+                            av[i] = av[i] + w_s * d[i]
                     for i in range(i0, i1):
-                        Y[r, i] = theta[r, i] + c_s * V[r, i]
+                        y[i] = th[i] + c_s * v[i]
                     for i in range(i0, i1):
-                        V[r, i] = vel[r, i] + c_s * D[r, i]
+                        v[i] = vl[i] + c_s * d[i]
                     if noisy:
                         for i in range(i0, i1):
-                            V[r, i] = V[r, i] + dw[step, r, i] / mu
+                            v[i] = v[i] + dw[step, r, i] / mu
         # 4. sin/cos of the next input
         for m in range(n_harm):
+            s_out, c_out, mm = S[nxt, m, r], C[nxt, m, r], mult[m]
             big = 0
-            mm = mult[m]
             if mm == 1.0:
                 for i in range(i0, i1):
-                    x = src[r, i]
-                    s, c = _sincos(x)
-                    S[nxt, m, r, i] = s
-                    C[nxt, m, r, i] = c
-                    big += abs(x) > _SINCOS_LIMIT
+                    s_out[i], c_out[i] = _sincos(src[i])
+                    big += abs(src[i]) > _SINCOS_LIMIT
             else:
                 for i in range(i0, i1):
-                    x = mm * src[r, i]
-                    s, c = _sincos(x)
-                    S[nxt, m, r, i] = s
-                    C[nxt, m, r, i] = c
-                    big += abs(x) > _SINCOS_LIMIT
+                    s_out[i], c_out[i] = _sincos(mm * src[i])
+                    big += abs(mm * src[i]) > _SINCOS_LIMIT
             if big > 0:  # rare: phases beyond 1e6 rad (or NaN/inf), where libm is exact
                 for i in range(i0, i1):
-                    x = src[r, i] if mm == 1.0 else mm * src[r, i]
-                    S[nxt, m, r, i] = np.sin(x)
-                    C[nxt, m, r, i] = np.cos(x)
+                    x = src[i] if mm == 1.0 else mm * src[i]
+                    s_out[i] = np.sin(x)
+                    c_out[i] = np.cos(x)
             if kind == _MEAN_FIELD:
                 ps = 0.0
                 pc = 0.0
                 for i in range(i0, i1):
-                    ps += S[nxt, m, r, i]
-                    pc += C[nxt, m, r, i]
+                    ps += s_out[i]
+                    pc += c_out[i]
                 psum[0, m, r, blk] = ps
                 psum[1, m, r, blk] = pc
 
