@@ -146,7 +146,7 @@ def test_batched_equals_looped_bitwise():
 
 @pytest.mark.parametrize("layout", ["neighbours", "mean-field"])
 def test_thread_layouts_and_lattice_runs_are_bitwise_equal(layout, monkeypatch):
-    """Replica-parallel, node-parallel and gather-only paths compute the same sums in the same order."""
+    """Replica-parallel, node-parallel, segmented and gather-only runs sum the same terms in the same order."""
     system = _system(layout, b=2)
     theta0 = _theta0(system)
 
@@ -157,10 +157,40 @@ def test_thread_layouts_and_lattice_runs_are_bitwise_equal(layout, monkeypatch):
     by_replica = run()
     monkeypatch.setattr(nb, "_PARALLEL_MIN_NODES", 0)
     monkeypatch.setattr(nb, "_CHUNK_MIN", 1)
-    monkeypatch.setattr(nb.numba, "get_num_threads", lambda: 4)  # node-parallel, several chunks
-    assert torch.equal(run(), by_replica)
+    monkeypatch.setattr(nb.numba, "get_num_threads", lambda: 4)  # b % threads != 0: two candidate layouts
+    monkeypatch.setattr(nb._LayoutTuner, "plan", lambda self, layouts, remaining: ("nodes", min(remaining, 7)))
+    assert torch.equal(run(), by_replica)  # node-parallel, several chunks, in segments of 7 steps
     monkeypatch.setattr(nb, "_USE_RUNS", False)
     assert torch.equal(run(), by_replica)
+
+
+def test_layout_tuner_prefers_the_faster_layout_and_re_measures_the_slower(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(nb.time, "perf_counter", lambda: clock[0])
+    tuner, both = nb._LayoutTuner(), ("replicas", "nodes")
+    assert tuner.plan(("replicas",), 1000) == ("replicas", 1000)  # one candidate: one call
+    probe = int(nb._PROBE_SECONDS / 1e-3)
+    # learning: each layout twice, alternately; a slow first sample (JIT load, preemption) does not count
+    assert tuner.plan(both, 1000) == ("replicas", 4)
+    tuner.record(both, "replicas", 4, 4 * 50e-3)
+    assert tuner.plan(both, 1000) == ("nodes", 1)  # sized from the only cost known
+    tuner.record(both, "nodes", 1, 1 * 10e-3)  # 10x slower than replicas will turn out to be
+    assert tuner.plan(both, 1000) == ("replicas", 2)
+    tuner.record(both, "replicas", 2, 2 * 1e-3)
+    assert tuner.plan(both, 1000) == ("nodes", probe)
+    tuner.record(both, "nodes", probe, probe * 10e-3)
+    assert tuner.plan(both, 10**6) == ("replicas", int(nb._SEGMENT_SECONDS / 1e-3))
+    clock[0] += 2.5  # past the first wait (2 s): re-measured, loses, the wait doubles
+    assert tuner.plan(both, 10**6) == ("nodes", probe)
+    tuner.record(both, "nodes", probe, probe * 10e-3)
+    clock[0] += 2.5
+    assert tuner.plan(both, 10**6)[0] == "replicas"
+    clock[0] += 2.0
+    assert tuner.plan(both, 10**6) == ("nodes", probe)
+    tuner.record(both, "nodes", probe, probe * 0.5e-3)  # the cores are free again: nodes wins
+    assert tuner.plan(both, 10**6)[0] == "replicas"  # ...and the now stale replicas cost is re-measured
+    tuner.record(both, "replicas", 40, 40 * 1e-3)
+    assert tuner.plan(both, 10**6) == ("nodes", int(nb._SEGMENT_SECONDS / 0.5e-3))
 
 
 def test_lattice_runs_cover_every_node():

@@ -19,8 +19,9 @@ does every step. Per Runge-Kutta stage, one pass over blocks of nodes
 
 Only step 4's buffers are read across nodes, so they are double-buffered and everything else is
 updated in place: memory is O(N + E) per replica and flat in the number of steps. Threads split the
-replicas (one parallel region per call) when there are enough of them, else blocks of nodes (one
-parallel region per stage). Thread count follows ``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``.
+replicas (one parallel region per call), or blocks of nodes (one parallel region per stage) where
+that measures faster (see :class:`_LayoutTuner`); results are bitwise equal either way. The thread
+count follows ``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``.
 
 With noise, the increments come from exactly the torch backend's counter-based stream (a
 ``torch.Generator`` seeded with ``noise_seed(seed, step)`` per step), generated for a chunk of steps
@@ -33,6 +34,7 @@ Legend: ``b`` replicas, ``n`` nodes, ``k`` neighbour slots, ``m`` harmonics, ``e
 from __future__ import annotations
 
 import math
+import time
 
 import numba
 import numpy as np
@@ -59,10 +61,13 @@ _BLOCK = 256  # nodes per work item: a block's buffers stay in L1
 _NEIGHBOURS, _CSR, _MEAN_FIELD = 0, 1, 2
 _ONE = np.uint64(1)
 _NOISE_CHUNK_BYTES = 8 << 20  # noise increments generated ahead, per chunk of steps
-_PARALLEL_MIN_NODES = 16384
+_PARALLEL_MIN_NODES = 16384  # below this, one thread per call beats one barrier per stage (measured)
 _MIN_RUN = 16  # shortest run of translated table rows read at fixed offsets instead of gathered
 _USE_RUNS = True
-_CHUNK_MIN = 4  # blocks per parallel work item, at least  # below this, one thread per call beats one barrier per stage
+_CHUNK_MIN = 4  # blocks per parallel work item, at least
+_SEGMENT_SECONDS = 0.2  # with two candidate thread layouts, steps run in segments of about this long,
+_PROBE_SECONDS = 0.02  # the slower layout is re-measured on a segment this long,
+_PROBE_AFTER, _PROBE_MAX = 2.0, 64.0  # after this many seconds, doubling while it stays slower
 
 # ---------------------------------------------------------------------------------------------------
 # sin and cos together, branch-free so the loops that call it vectorise (fdlibm k_sin / k_cos)
@@ -478,6 +483,57 @@ def _operator_arrays(op, dtype: np.dtype, runs: bool = True) -> tuple:
             dtype.type(scale))
 
 
+class _LayoutTuner:
+    """Chooses the thread layout per segment of steps by measured speed.
+
+    Both layouts give bitwise-equal results. Splitting nodes synchronises the threads once per stage:
+    on idle cores that nearly doubles the speed of one large replica on two threads, but when other
+    processes hold the cores every barrier may wait for a descheduled thread, and the run can get
+    several times slower than on one thread. So with two candidates each is first measured twice
+    (alternately, on short segments; the faster of its two counts, so a first-call or preempted
+    sample does not decide), then the run goes in segments of about ``_SEGMENT_SECONDS`` on the
+    faster layout (each segment updating its cost), and the other one is re-measured on a short
+    segment after ``_PROBE_AFTER`` seconds, doubling up to ``_PROBE_MAX`` while it stays slower.
+    """
+
+    def __init__(self):
+        self.cost: dict[str, float] = {}  # layout -> seconds per step
+        self.count: dict[str, int] = {}  # layout -> number of measurements
+        self.when: dict[str, float] = {}  # layout -> time of the last measurement
+        self.wait: dict[str, float] = {}  # layout -> seconds before it is measured again
+
+    def plan(self, layouts: tuple[str, ...], remaining: int) -> tuple[str, int]:
+        if len(layouts) == 1:
+            return layouts[0], remaining
+        known = [self.cost[x] for x in layouts if x in self.cost]
+        learning = min(layouts, key=lambda x: self.count.get(x, 0))
+        if self.count.get(learning, 0) < 2:
+            layout, budget = learning, _PROBE_SECONDS
+        else:
+            layout, budget = min(layouts, key=self.cost.__getitem__), _SEGMENT_SECONDS
+            now = time.perf_counter()
+            for x in layouts:
+                if x != layout and now - self.when[x] > self.wait.get(x, _PROBE_AFTER):
+                    layout, budget = x, _PROBE_SECONDS
+        steps = int(budget / min(known)) if known else 4
+        return layout, max(1, min(steps, remaining))
+
+    def record(self, layouts: tuple[str, ...], layout: str, steps: int, seconds: float) -> None:
+        if len(layouts) == 1:
+            return
+        cost = seconds / steps
+        count = self.count.get(layout, 0)
+        self.cost[layout] = min(cost, self.cost[layout]) if count == 1 else cost
+        self.count[layout] = count + 1
+        self.when[layout] = time.perf_counter()
+        if all(self.count.get(x, 0) >= 2 for x in layouts):
+            best = min(layouts, key=self.cost.__getitem__)
+            if layout == best:
+                self.wait.pop(layout, None)
+            elif count >= 2:  # a re-measurement that lost
+                self.wait[layout] = min(2 * self.wait.get(layout, _PROBE_AFTER), _PROBE_MAX)
+
+
 def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: float = 0.01,
                         seed: int = 0) -> Integrator:
     """Fixed-step integrator for ``system`` running in one compiled call per ``step_fn`` call.
@@ -572,14 +628,21 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
                np.empty((b, n) if inertial else (1, 1), np_dtype),  # AV
                np.empty((2, n_harm, b, n_blocks), np_dtype), np.empty((2, n_harm, b), np_dtype))  # psum, sums
         threads = numba.get_num_threads()
-        by_replica = (threads == 1 or b * n < _PARALLEL_MIN_NODES
-                      or (b >= threads and (b % threads == 0 or b >= 4 * threads)))
         # node-parallel work items: a few per thread and replica, each at least _CHUNK_MIN blocks
         chunk_blocks = max(_CHUNK_MIN, -(-n_blocks // (4 * threads)))
+        layouts = (("replicas",) if threads == 1 or b * n < _PARALLEL_MIN_NODES or b % threads == 0
+                   else ("replicas", "nodes"))
+        tuner = p.setdefault(("tuner", threads), _LayoutTuner())
 
         def run(steps: int, dw: np.ndarray | None) -> None:
-            _integrate(by_replica, chunk_blocks, steps, theta, vel, p["par"], p["op"], inertial, dw is not None,
-                       _NO_NOISE[np_dtype] if dw is None else dw, buf)
+            done = 0
+            while done < steps:
+                layout, todo = tuner.plan(layouts, steps - done)
+                start = time.perf_counter()
+                _integrate(layout == "replicas", chunk_blocks, todo, theta, vel, p["par"], p["op"], inertial,
+                           dw is not None, _NO_NOISE[np_dtype] if dw is None else dw[done:done + todo], buf)
+                tuner.record(layouts, layout, todo, time.perf_counter() - start)
+                done += todo
 
         if sigma == 0.0:
             run(n_steps, None)
