@@ -521,24 +521,25 @@ class _LayoutTuner:
 
     Both layouts give bitwise-equal results. Splitting nodes synchronises the threads once per stage:
     on idle cores that nearly doubles the speed of one large replica on two threads, but when other
-    processes hold the cores every barrier may wait for a descheduled thread, and the run can get
-    several times slower than on one thread. So with two candidates each is first measured twice
-    (alternately, on short segments; the faster of its two counts, so a first-call or preempted
-    sample does not decide), then the run goes in segments of about ``_SEGMENT_SECONDS`` on the
-    faster layout (each segment updating its cost), and the other one is re-measured on a short
-    segment after ``_PROBE_AFTER`` seconds, doubling up to ``_PROBE_MAX`` while it stays slower.
+    processes hold the cores every barrier may wait for a descheduled thread, and a step can take 10
+    to 100 times longer than on one thread. So with two candidates each is first measured twice,
+    alternately, on a few steps (its faster sample counts: a first call or a preemption does not
+    decide); then the run goes in segments of about ``_SEGMENT_SECONDS`` on the faster layout (each
+    segment updating its cost) and the other one is re-measured on a segment of about
+    ``_PROBE_SECONDS`` after ``_PROBE_AFTER`` seconds, doubling up to ``_PROBE_MAX`` while it stays
+    slower. A layout's segment is at most twice its previous one, so a wrong estimate costs little.
     """
 
     def __init__(self):
         self.cost: dict[str, float] = {}  # layout -> seconds per step
         self.count: dict[str, int] = {}  # layout -> number of measurements
-        self.when: dict[str, float] = {}  # layout -> time of the last measurement
+        self.steps: dict[str, int] = {}  # layout -> steps of its last segment
+        self.when: dict[str, float] = {}  # layout -> time of its last measurement
         self.wait: dict[str, float] = {}  # layout -> seconds before it is measured again
 
     def plan(self, layouts: tuple[str, ...], remaining: int) -> tuple[str, int]:
         if len(layouts) == 1:
             return layouts[0], remaining
-        known = [self.cost[x] for x in layouts if x in self.cost]
         learning = min(layouts, key=lambda x: self.count.get(x, 0))
         if self.count.get(learning, 0) < 2:
             layout, budget = learning, _PROBE_SECONDS
@@ -548,8 +549,9 @@ class _LayoutTuner:
             for x in layouts:
                 if x != layout and now - self.when[x] > self.wait.get(x, _PROBE_AFTER):
                     layout, budget = x, _PROBE_SECONDS
-        per_step = self.cost.get(layout, min(known)) if known else None  # a slow layout gets few steps
-        steps = int(budget / per_step) if per_step else 4
+        if layout not in self.cost:
+            return layout, min(2, remaining)
+        steps = min(int(budget / self.cost[layout]), 2 * self.steps[layout])
         return layout, max(1, min(steps, remaining))
 
     def record(self, layouts: tuple[str, ...], layout: str, steps: int, seconds: float) -> None:
@@ -559,6 +561,7 @@ class _LayoutTuner:
         count = self.count.get(layout, 0)
         self.cost[layout] = min(cost, self.cost[layout]) if count == 1 else cost
         self.count[layout] = count + 1
+        self.steps[layout] = steps
         self.when[layout] = time.perf_counter()
         if all(self.count.get(x, 0) >= 2 for x in layouts):
             best = min(layouts, key=self.cost.__getitem__)
