@@ -63,6 +63,7 @@ except ImportError:
     Kuramoto = None
 
 DT = 0.01
+WARMUP_STEPS = 20  # enough for the numba backend to try (and load) both thread layouts
 COUPLING = 2.0
 NORMALIZATION = "degree"  # the kuramoto package divides K by the in-degree
 
@@ -273,7 +274,7 @@ def _memory_worker(payload: str) -> None:
     spec = job["case"]
     case = Case(spec["name"], spec["spec"], spec["steps"], tuple(spec["couplings"]), spec["seed"])
     run = IMPLEMENTATIONS[job["implementation"]](case)
-    run(2)  # loads numba's cached kernel / torch's first-call state: a one-time cost, not the run's memory
+    run(WARMUP_STEPS)  # loads numba's cached kernels / torch's first-call state: once per process, not the run's
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -305,7 +306,7 @@ def _time_worker(payload: str) -> None:
     spec = job["case"]
     case = Case(spec["name"], spec["spec"], spec["steps"], tuple(spec["couplings"]), spec["seed"])
     run = IMPLEMENTATIONS[job["implementation"]](case)
-    run(2)
+    run(WARMUP_STEPS)
     seconds = []
     for _ in range(job["repeats"]):
         start = time.perf_counter()
@@ -324,8 +325,8 @@ def measure_case(case: Case, names: list[str], repeats: int, *, memory: tuple[st
     named in ``memory`` (in subprocesses)."""
     load_before = os.getloadavg()
     runners = {name: IMPLEMENTATIONS[name](case) for name in names if name not in ONE_THREAD}
-    for run in runners.values():  # warm-up: JIT/cache load, first-call allocations
-        run(2)
+    for run in runners.values():  # warm-up: JIT/cache load (both thread layouts), first-call allocations
+        run(WARMUP_STEPS)
     walls = {name: [] for name in names}
     finals = {}
     for rep in range(repeats):
@@ -373,9 +374,9 @@ def measure_batched(spec: dict, b: int, steps: int, repeats: int, log=print) -> 
     for name in ("numba f64 rk4", "torch f64 rk4"):
         run_batched = IMPLEMENTATIONS[name](batched)
         run_singles = [IMPLEMENTATIONS[name](case) for case in singles]
-        run_batched(2)
+        run_batched(WARMUP_STEPS)
         for run in run_singles:
-            run(2)
+            run(WARMUP_STEPS)
         t_batched, t_loop = [], []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -423,7 +424,7 @@ def measure_io(spec: dict, steps: int, save_every: tuple[int, ...], repeats: int
     system = KuramotoSystem(torch.as_tensor(case.omega), torch.tensor([[COUPLING]], dtype=torch.float64), op)
     integ = make_integrator(system, backend="numba", method="rk4", dt=DT)
     theta0 = torch.as_tensor(case.theta0)
-    integ.step_fn(integ.init_fn(theta0), 2)
+    integ.step_fn(integ.init_fn(theta0), WARMUP_STEPS)
 
     def r_numpy(state):
         return order_parameter(state.theta.numpy())
