@@ -17,8 +17,9 @@ does every step. Per Runge-Kutta stage, one pass over blocks of nodes
    harmonic per stage, with a branch-free vectorisable ``sincos`` (Cody-Waite reduction, fdlibm
    polynomials, within 1 ulp of libm for |x| < 1e6; larger phases take libm per block).
 
-Only step 4's buffers are read across nodes, so they are double-buffered and everything else is
-updated in place: memory is O(N + E) per replica and flat in the number of steps. Threads split the
+Only step 4's buffers are read across nodes, so they are double-buffered; steps 1-3 work in per-thread
+scratch of one block (it stays in L1) or update the state and the Runge-Kutta accumulators in place:
+memory is O(N + E) per replica and flat in the number of steps. Threads split the
 replicas (one parallel region per call), or blocks of nodes (one parallel region per stage) where
 that measures faster (see :class:`_LayoutTuner`); results are bitwise equal either way. The thread
 count follows ``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``.
@@ -63,7 +64,7 @@ _ONE = np.uint64(1)
 _NOISE_CHUNK_BYTES = 8 << 20  # noise increments generated ahead, per chunk of steps
 _PARALLEL_MIN_NODES = 16384  # below this, one thread per call beats one barrier per stage (measured)
 _MIN_RUN = 16  # shortest run of translated table rows read at fixed offsets instead of gathered
-_USE_RUNS = True
+_USE_RUNS = True  # False: gather every node through the table (tests compare both paths)
 _CHUNK_MIN = 4  # blocks per parallel work item, at least
 _SEGMENT_SECONDS = 0.2  # with two candidate thread layouts, steps run in segments of about this long,
 _PROBE_SECONDS = 0.02  # the slower layout is re-measured on a segment this long,
@@ -460,23 +461,20 @@ def _lattice_runs(index: np.ndarray, weight: np.ndarray, n_blocks: int):
     n, k = index.shape
     offset = index.astype(np.int64) - np.arange(n)[:, None]
     same = np.all(offset[1:] == offset[:-1], axis=1) & np.all(weight[1:] == weight[:-1], axis=1)
-    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))  # maximal runs of translated rows
     ends = np.append(starts[1:], n)
-    pieces, run_starts = [], []
-    for lo, hi in zip(starts.tolist(), ends.tolist()):
-        if hi - lo >= _MIN_RUN:
-            pieces.append([lo, hi, len(run_starts)])
-            run_starts.append(lo)
-        elif pieces and pieces[-1][2] == -1:
-            pieces[-1][1] = hi  # merge neighbouring short runs into one gathered piece
-        else:
-            pieces.append([lo, hi, -1])
-    pieces = np.array(pieces, dtype=np.int64).reshape(-1, 3)
+    long = ends - starts >= _MIN_RUN
+    # a piece is one long run, or consecutive short runs merged (gathered through the table)
+    first = long | np.concatenate([[True], long[:-1]])
+    last = np.append(first[1:], True)
+    run_of_piece = np.where(long[first], np.cumsum(long)[first] - 1, -1)
+    pieces = np.stack([starts[first], ends[last], run_of_piece], axis=1)
+    run_starts = starts[long]
+    pieces = pieces.astype(np.int64).reshape(-1, 3)
     block_lo = np.arange(n_blocks, dtype=np.int64) * _BLOCK
     block_hi = np.minimum(block_lo + _BLOCK, n)
     block_pieces = np.stack([np.searchsorted(pieces[:, 1], block_lo, side="right"),
                              np.searchsorted(pieces[:, 0], block_hi, side="left")], axis=1).astype(np.int64)
-    run_starts = np.array(run_starts, dtype=np.int64)
     return (pieces, block_pieces, np.ascontiguousarray(offset[run_starts]).view(np.uint64).reshape(-1, k),
             np.ascontiguousarray(weight[run_starts]).reshape(-1, k))
 
