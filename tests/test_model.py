@@ -230,6 +230,7 @@ def test_causal_decayed_mean_matches_loop_and_is_causal():
         for u in range(t):
             expected[:, t] += (1 - decay[:, None]) * decay[:, None] ** (t - 1 - u) * x[:, u]
     torch.testing.assert_close(y, expected, rtol=0, atol=1e-13)
+    torch.testing.assert_close(causal_decayed_mean(x, decay, max_len=64), y, rtol=0, atol=1e-15)
     x2 = x.clone()
     x2[:, 6:] += 1.0
     assert torch.equal(causal_decayed_mean(x2, decay)[:, :7], y[:, :7])  # strictly past: t = 6 unchanged

@@ -205,16 +205,19 @@ class LatticeIntermediates(Intermediates):
         }
 
 
-def causal_decayed_mean(x: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+def causal_decayed_mean(x: torch.Tensor, decay: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """Exponentially decayed mean over strictly earlier tokens.
 
     ``y[:, t] = (1 - g) * sum_{u < t} g ** (t - 1 - u) * x[:, u]`` with ``g = decay`` per head;
-    computed by a doubling (Hillis-Steele) scan in ceil(log2 T) shift-and-add rounds, which only
-    ever reads earlier positions (exactly causal, no loop over tokens).
+    computed by a doubling (Hillis-Steele) scan in ceil(log2 max_len) shift-and-add rounds, which
+    only ever reads earlier positions (exactly causal, no loop over tokens). The round count
+    depends on ``max_len`` only, not on the actual length, so an exported graph (ONNX, torch.export)
+    with a dynamic sequence length is right for every length up to ``max_len``.
 
     Args:
         x: (b, t, h, c).
         decay: (h,) in [0, 1).
+        max_len: longest sequence the graph must handle (default: t).
 
     Returns:
         (b, t, h, c).
@@ -222,11 +225,10 @@ def causal_decayed_mean(x: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     t = x.shape[1]
     g = decay[:, None]  # (h, 1), g ** shift
     z = x  # inclusive scan z_t = sum_{k < shift} g^k x_{t-k}
-    shift = 1
-    while shift < t:
+    for r in range(math.ceil(math.log2(max(max_len or t, 2)))):
+        shift = 2**r
         z = z + g * F.pad(z, (0, 0, 0, 0, shift, 0))[:, :t]  # z_t += g^shift z_{t-shift}
         g = g * g
-        shift *= 2
     return (1 - decay[:, None]) * F.pad(z, (0, 0, 0, 0, 1, 0))[:, :t]  # exclusive: strictly past
 
 
@@ -243,12 +245,14 @@ class SpaceTimeOperator(CouplingOperator):
         sequence_weight: (h,) coupling along the sequence.
         decay: (h,) exp(-1 / sequence_length).
         tokens: t.
+        max_tokens: the model's seq_len (fixes the scan depth, see :func:`causal_decayed_mean`).
     """
 
     head_weight: torch.Tensor
     sequence_weight: torch.Tensor
     decay: torch.Tensor
     tokens: int
+    max_tokens: int | None = None
 
     @property
     def n(self) -> int:
@@ -258,13 +262,14 @@ class SpaceTimeOperator(CouplingOperator):
         """(b, t * h, c) -> (b, t * h, c)."""
         b, n, c = x.shape
         x4 = x.reshape(b, self.tokens, -1, c)  # b (t h) c -> b t h c
-        out = torch.matmul(self.head_weight, x4) + self.sequence_weight[:, None] * causal_decayed_mean(
-            x4, self.decay)
+        past = causal_decayed_mean(x4, self.decay, self.max_tokens)
+        out = torch.matmul(self.head_weight, x4) + self.sequence_weight[:, None] * past
         return out.reshape(b, n, c)
 
     def to(self, device=None, dtype=None):
         return SpaceTimeOperator(*(w.to(device=device, dtype=dtype) for w in
-                                   (self.head_weight, self.sequence_weight, self.decay)), self.tokens)
+                                   (self.head_weight, self.sequence_weight, self.decay)),
+                                 self.tokens, self.max_tokens)
 
 
 def fused_phase_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, phases: torch.Tensor,
@@ -458,7 +463,7 @@ class LatticeAttention(QKVAttention):
             return KuramotoSystem(omega=params.omega, coupling=params.coupling,
                                   operator=DenseOperator(weights))
         operator = SpaceTimeOperator(params.coupling[:, None] * weights, params.sequence_coupling,
-                                     torch.exp(-1.0 / params.sequence_length), tokens)
+                                     torch.exp(-1.0 / params.sequence_length), tokens, self.seq_len)
         return KuramotoSystem(omega=params.omega.repeat(tokens), coupling=torch.ones_like(params.omega[0]),
                               operator=operator)
 
