@@ -17,8 +17,10 @@ from lotsim.tasks.base import (
     check_split,
     in_split,
     masked_metrics,
+    sample_split,
     sequence_bucket,
     split_rng,
+    to_batch,
 )
 from lotsim.tasks.copy_reverse import CopyReverse, CopyReverseOptions
 from lotsim.tasks.plugin import CustomTaskOptions, build_custom_task, import_target
@@ -65,7 +67,9 @@ __all__ = [
     "import_target",
     "in_split",
     "masked_metrics",
+    "sample_split",
     "sequence_bucket",
     "split_rng",
     "task_shape",
+    "to_batch",
 ]

@@ -50,7 +50,7 @@ class CopyReverse(BaseTask):
     Options = CopyReverseOptions
 
     def __init__(self, length: int = 8, n_symbols: int = 10, seed: int = 0):
-        if n_symbols**length < 2000:
+        if n_symbols**length < 400:
             raise ValueError(f"copy_reverse with length={length}, n_symbols={n_symbols} has only "
                              f"{n_symbols**length} distinct sequences: too few for disjoint splits")
         self.length, self.n_symbols, self.seed = length, n_symbols, seed
