@@ -32,7 +32,7 @@ class CopyReverseOptions(Section):
     """
 
     kind: Literal["copy_reverse"] = "copy_reverse"
-    length: Annotated[int, Field(ge=2, le=512)] = 8
+    length: Annotated[int, Field(ge=2, le=512)] = 12
     n_symbols: Annotated[int, Field(ge=2)] = 10
     seed: int = 0
 
@@ -49,7 +49,7 @@ class CopyReverse(BaseTask):
     name = "copy_reverse"
     Options = CopyReverseOptions
 
-    def __init__(self, length: int = 8, n_symbols: int = 10, seed: int = 0):
+    def __init__(self, length: int = 12, n_symbols: int = 10, seed: int = 0):
         if n_symbols**length < 400:
             raise ValueError(f"copy_reverse with length={length}, n_symbols={n_symbols} has only "
                              f"{n_symbols**length} distinct sequences: too few for disjoint splits")
