@@ -316,8 +316,8 @@ def report_markdown(report: dict[str, Any]) -> str:
                      f"{p['relative_to_reference']:+.2%} | {e['tokens_per_s']['mean']:,.0f} |")
     for metric in report["metrics"]:
         lines += ["", f"## {metric}", "",
-                  "| arm | n | mean ± sd | median | Δ mean | 95% CI (paired) | p (paired) | 95% CI (Welch) | p (Welch) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| arm | n | mean ± sd | median | Δ mean | 95% CI (paired) | p (paired) | 95% CI (Welch) "
+                  "| p (Welch) |", "|---|---|---|---|---|---|---|---|---|"]
         for arm, e in report["arms"].items():
             s = e["metrics"].get(metric)
             if s is None:
