@@ -23,7 +23,7 @@ warm-up + cosine schedule. Every ``eval_every`` steps: validation metrics (never
 split), ``best.pt`` when ``best_metric`` improves; every ``checkpoint_every`` steps: ``last.pt``.
 At the end the best checkpoint is evaluated on the test split (``metrics.json``).
 
-Ctrl-C (SIGINT) finishes the current step, saves ``last.pt`` and raises
+Ctrl-C (SIGINT) or SIGTERM (preemption) finishes the current step, saves ``last.pt`` and raises
 :class:`TrainingInterrupted`; ``train(..., resume=True)`` (``lotsim train --resume RUN_DIR``)
 continues exactly: a resumed run's losses equal an uninterrupted run's.
 
@@ -108,6 +108,7 @@ class _Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owner: bool = False  # this call created the process group (and destroys it at the end)
 
     @property
     def main(self) -> bool:
@@ -120,10 +121,11 @@ def _setup_distributed(device_name: str) -> _Dist:
     if world <= 1:
         return _Dist()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
+    owner = not dist.is_initialized()
+    if owner:
         cuda = device_name != "cpu" and torch.cuda.is_available()
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return _Dist(rank, world, local)
+    return _Dist(rank, world, local, owner)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -210,15 +212,19 @@ def _git_commit() -> str:
 
 
 class _StopFlag:
-    """SIGINT sets a flag the loop checks between steps (a second Ctrl-C aborts at once)."""
+    """SIGINT (Ctrl-C) and SIGTERM (preemption, torchrun shutting down) set a flag the loop checks
+    between steps; a second signal aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous: dict = {}
 
     def __enter__(self):
         with contextlib.suppress(ValueError):  # not the main thread: no handler, Ctrl-C raises as usual
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -227,8 +233,8 @@ class _StopFlag:
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class _JsonLines:
@@ -470,6 +476,8 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
         for closer in (log, tb, telemetry):
             if closer is not None:
                 closer.close()
+        if ddp.owner:
+            dist.destroy_process_group()
     emit({"event": "end", "result": result})
     return result
 
