@@ -98,9 +98,9 @@ class LatticeOptions(AttentionOptions):
     file: str | None = None
     coupling_range: Literal["all", "neighbours"] = "all"
     dynamics: Literal["parallel", "sequence"] = "parallel"
-    n_steps: int = Field(default=3, ge=0, le=64)
-    dt: float = Field(default=0.2, gt=0)
-    method: Literal["euler", "heun", "rk4"] = "rk4"
+    n_steps: int = Field(default=2, ge=0, le=64)
+    dt: float = Field(default=0.25, gt=0)
+    method: Literal["euler", "heun", "rk4"] = "heun"
     score: Literal["additive", "multiplicative"] = "additive"
     gain_init: float = 0.1
     coupling_init: float = 1.0
