@@ -242,7 +242,9 @@ class _JsonLines:
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
-        if resume_step is not None and path.is_file():
+        if resume_step is None:
+            path.write_text("")  # a fresh run starts a fresh log
+        elif path.is_file():
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             tmp = path.with_name(path.name + ".tmp")
