@@ -20,8 +20,8 @@ Arms are written ``ATTENTION`` or ``ATTENTION:ABLATION``; ablations (lattice att
 still learns), ``no-coupling`` (kappa = 0 and frozen: heads oscillate independently).
 
 Runs land in ``<out>/runs/<arm>/lr<lr>/seed<s>``; a finished run (``metrics.json`` present) is
-reused and an interrupted one resumed, so rerunning an interrupted comparison continues it. The report is ``report.json``,
-``report.md`` and ``comparison.png`` in ``<out>``.
+reused and an interrupted one resumed, so rerunning an interrupted comparison continues it. The
+report is ``report.json``, ``report.md`` and ``comparison.png`` in ``<out>``.
 """
 
 from __future__ import annotations

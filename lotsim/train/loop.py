@@ -411,7 +411,7 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
     model.train()
     try:
         with _StopFlag() as stop:
-            if telemetry is not None and step == 0:
+            if telemetry is not None and step == 0 and state is None:
                 _log(log, tb, 0, "telemetry", telemetry.record(raw_model, 0))
             while step < cfg.steps:
                 if cfg.stop_at is not None and step >= cfg.stop_at:
@@ -592,4 +592,5 @@ def _final_report(recipe: TrainingRecipe, result: TrainResult, commit: str) -> d
         "task": recipe.task.kind, "steps": result.step, "parameters": result.parameters,
         "tokens_per_s": result.tokens_per_s, "wall_time_s": result.wall_time_s,
         "validation": result.validation, "best": result.best, "lotsim_version": _version(), "git_commit": commit,
+        "recipe": recipe_to_toml(recipe),
     }
