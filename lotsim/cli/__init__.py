@@ -9,6 +9,7 @@ import typer
 
 from lotsim import __version__
 from lotsim.cli.simulate import simulate
+from lotsim.cli.sweep import sweep
 
 app = typer.Typer(
     help="lotsim: Lattice Oscillator Transformers and a fast, tested Kuramoto lattice simulator.",
@@ -34,3 +35,4 @@ def main(
 
 
 app.command()(simulate)
+app.command()(sweep)
