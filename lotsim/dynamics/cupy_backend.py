@@ -119,8 +119,8 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
         ValueError: bad method/dt, rk4 with noise, or an unsupported operator.
     """
     _require_gpu()
-    omega = torch.as_tensor(system.omega)
-    _check_tensor(omega, "the system (omega)")
+    if isinstance(system.omega, torch.Tensor):
+        _check_tensor(system.omega, "the system (omega)")
     return cuda_kernels.build_integrator(system, _launcher_for, method=method, dt=dt, seed=seed,
                                          check_tensor=_check_tensor)
 
