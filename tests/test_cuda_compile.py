@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import re
 import shutil
@@ -31,12 +32,20 @@ ARCHS = ("sm_80", "sm_90")
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
 
 
-def _ptx(path: Path, arch: str, out_dir: Path) -> str:
-    out = out_dir / f"{path.stem}.{arch}.ptx"
-    result = subprocess.run(["nvcc", "--ptx", "-std=c++17", f"-arch={arch}", "-Werror", "all-warnings",
-                             str(path), "-o", str(out)], capture_output=True, text=True)
-    assert result.returncode == 0, f"nvcc failed on {path.name} ({arch}):\n{result.stderr}"
-    return out.read_text()
+@pytest.fixture(scope="module")
+def ptx(tmp_path_factory):
+    """ptx(source, arch) -> PTX text, compiled once per (source, arch) in this module."""
+    out_dir = tmp_path_factory.mktemp("ptx")
+
+    @functools.cache
+    def compile_ptx(path: Path, arch: str) -> str:
+        out = out_dir / f"{path.stem}.{arch}.ptx"
+        result = subprocess.run(["nvcc", "--ptx", "-std=c++17", f"-arch={arch}", "-Werror", "all-warnings",
+                                 str(path), "-o", str(out)], capture_output=True, text=True)
+        assert result.returncode == 0, f"nvcc failed on {path.name} ({arch}):\n{result.stderr}"
+        return out.read_text()
+
+    return compile_ptx
 
 
 def _entries(ptx: str) -> set[str]:
@@ -61,14 +70,14 @@ def test_there_are_sources():
 @needs_nvcc
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
-def test_sources_compile_without_warnings(source, arch, tmp_path):
-    assert ".entry" in _ptx(source, arch, tmp_path)
+def test_sources_compile_without_warnings(ptx, source, arch):
+    assert ".entry" in ptx(source, arch)
 
 
 @needs_nvcc
 @pytest.mark.parametrize("arch", ARCHS)
-def test_ptx_has_every_kernel_the_backend_launches(arch, tmp_path):
-    entries = _entries(_ptx(CUDA_DIR / "kuramoto.cu", arch, tmp_path))
+def test_ptx_has_every_kernel_the_backend_launches(ptx, arch):
+    entries = _entries(ptx(CUDA_DIR / "kuramoto.cu", arch))
     missing = set(cuda_kernels.NAME_EXPRESSIONS) - entries
     assert not missing, f"kernels the backend calls but the PTX lacks: {sorted(missing)}"
     assert len(cuda_kernels.NAME_EXPRESSIONS) == 2 * len(cuda_kernels.KERNELS)

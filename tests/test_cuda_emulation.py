@@ -304,3 +304,23 @@ def test_without_a_gpu_the_backend_says_so():
     system, _ = make_system("neighbour")
     with pytest.raises(BackendUnavailable, match="needs a CUDA GPU; none is available"):
         make_integrator(system, backend="cupy")
+
+
+def test_cupy_backend_wiring_runs_on_the_emulator(monkeypatch, launcher):
+    """make_integrator(backend="cupy") end to end, with the GPU replaced by the host emulation."""
+    pytest.importorskip("cupy")
+    from lotsim.dynamics import cupy_backend
+    from lotsim.simulation import _backend_name
+
+    monkeypatch.setattr(cupy_backend, "_require_gpu", lambda: None)
+    monkeypatch.setattr(cupy_backend, "_check_tensor", lambda tensor, name: None)
+    monkeypatch.setattr(cupy_backend, "_launcher_for", lambda device: launcher)
+    system, theta0 = make_system("meanfield", **FANCY)
+    integrator = make_integrator(system, backend="cupy", method="heun", dt=0.02)
+    assert _backend_name(integrator, "cupy") == "cupy"
+    got = integrator.step_fn(integrator.init_fn(theta0), 100)
+    want = run(reference(system, method="heun", dt=0.02), theta0, 100)
+    torch.testing.assert_close(got.theta, want.theta, rtol=0, atol=1e-11)
+    r, psi = cupy_backend.order_parameter(got.theta)
+    torch.testing.assert_close(r, core.order_parameter(got.theta)[0], rtol=0, atol=1e-13)
+    torch.testing.assert_close(cupy_backend.drift(system, theta0), core.drift(system, theta0), rtol=0, atol=1e-12)

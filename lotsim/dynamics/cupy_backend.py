@@ -22,7 +22,7 @@ import torch
 
 from lotsim.dynamics import cuda_kernels
 from lotsim.dynamics.backends import BackendUnavailable
-from lotsim.dynamics.core import Integrator, KuramotoSystem, Method
+from lotsim.dynamics.core import Integrator, KuramotoSystem, Method, OscillatorState
 
 try:
     import cupy
@@ -121,8 +121,17 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
     _require_gpu()
     if isinstance(system.omega, torch.Tensor):
         _check_tensor(system.omega, "the system (omega)")
-    return cuda_kernels.build_integrator(system, _launcher_for, method=method, dt=dt, seed=seed,
-                                         check_tensor=_check_tensor)
+    kernels = cuda_kernels.build_integrator(system, _launcher_for, method=method, dt=dt, seed=seed,
+                                            check_tensor=_check_tensor)
+
+    # defined here so that step_fn.__module__ names this backend (lotsim.simulation reports it)
+    def init_fn(theta: torch.Tensor, velocity: torch.Tensor | None = None, step: int = 0) -> OscillatorState:
+        return kernels.init_fn(theta, velocity, step)
+
+    def step_fn(state: OscillatorState, n_steps: int = 1) -> OscillatorState:
+        return kernels.step_fn(state, n_steps)
+
+    return Integrator(init_fn, step_fn)
 
 
 def drift(system: KuramotoSystem, theta: torch.Tensor) -> torch.Tensor:
