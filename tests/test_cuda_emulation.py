@@ -17,6 +17,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from cuda_cases import (
+    KINDS,
+    EmulatedLauncher,
+    cxx_compiler,
+    dense_reference,
+    emulation_library,
+    make_system,
+)
 
 from lotsim.dynamics import (
     BackendUnavailable,
@@ -28,14 +36,6 @@ from lotsim.dynamics import (
     make_integrator,
 )
 from lotsim.lattice import build_lattice
-from tests.cuda_cases import (
-    KINDS,
-    EmulatedLauncher,
-    cxx_compiler,
-    dense_reference,
-    emulation_library,
-    make_system,
-)
 
 pytestmark = pytest.mark.skipif(cxx_compiler() is None,
                                 reason="no C++ compiler on PATH for the host emulation")

@@ -15,6 +15,8 @@ import torch
 
 cupy = pytest.importorskip("cupy")
 
+from cuda_cases import KINDS, make_system  # noqa: E402
+
 from lotsim.dynamics import (  # noqa: E402  (after the importorskip above)
     BackendUnavailable,
     KuramotoSystem,
@@ -25,7 +27,6 @@ from lotsim.dynamics import (  # noqa: E402  (after the importorskip above)
     make_integrator,
 )
 from lotsim.lattice import build_lattice  # noqa: E402
-from tests.cuda_cases import KINDS, make_system  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
