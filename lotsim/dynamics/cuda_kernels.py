@@ -290,7 +290,9 @@ def build_integrator(system: KuramotoSystem, launcher_for: Callable[[torch.devic
 
     Returns:
         ``Integrator(init_fn, step_fn)``; ``step_fn(state, n_steps)`` queues all launches without a
-        host synchronisation and returns a new state (the input state is never modified).
+        host synchronisation and returns a new state (the input state is never modified). The first
+        call for a (replicas, dtype, device) builds the launch plan, which reads the neighbour weights
+        once on the host (are they uniform?); later calls reuse it.
     """
     check_method(system, method, dt)
     if not supports(system):
