@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from lotsim.dynamics.core import (
-    METHODS,
     Integrator,
     KuramotoSystem,
     MeanFieldOperator,
@@ -36,6 +35,7 @@ from lotsim.dynamics.core import (
     NeighbourOperator,
     OscillatorState,
     SparseOperator,
+    check_method,
 )
 
 SOURCE_FILE = "kuramoto.cu"
@@ -108,17 +108,6 @@ def supports(system: KuramotoSystem) -> bool:
     else:
         ok = isinstance(op, NeighbourOperator | MeanFieldOperator)
     return ok and len(_harmonic_rows(system)) <= MAX_HARMONICS
-
-
-def check_method(system: KuramotoSystem, method: str, dt: float) -> None:
-    """The same argument checks, with the same messages, as the torch reference integrator."""
-    if method not in METHODS:
-        raise ValueError(f"unknown integrator {method!r}; allowed: {', '.join(METHODS)}")
-    if not dt > 0 or not math.isfinite(dt):
-        raise ValueError(f"dt must be a positive number, got {dt}")
-    if system.noise > 0 and method == "rk4":
-        raise ValueError("rk4 has no consistent form with noise; use integrator 'heun' (stochastic Heun) "
-                         "or 'euler' (Euler-Maruyama)")
 
 
 def _stages(method: str, dt: float) -> tuple[list[tuple[float, float]], float]:
