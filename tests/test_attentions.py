@@ -43,6 +43,15 @@ BASE = dict(vocab_size=V, seq_len=16, d_model=32, n_layers=2, n_heads=4)
 VARIANTS = ("pma", "ssa", "torus", "fsn")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's other load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_model(attention: str, options: dict | None = None, seed: int = 0, **overrides) -> LOTModel:
     torch.manual_seed(seed)
     config = ModelConfig(**{**BASE, **overrides}, attention=attention, attention_options=options or {})
@@ -363,8 +372,7 @@ def test_fsn_delay_term_reads_successors_but_never_the_future():
     values = harmonic_values(theta0, attn.harmonics)  # (b, h, t, 2mM)
     successor = torch.cat([values[:, :, 1:], torch.zeros_like(values[:, :, :1])], dim=2)
     mean_field = strict @ successor
-    kernel = attn.kernel
-    expected = frustrated_coupling(mean_field, theta0, kernel[2], kernel[3])
+    expected = frustrated_coupling(mean_field, theta0, attn.delay_real, attn.delay_imag)
     torch.testing.assert_close(base.phases - theta0, expected, rtol=0, atol=1e-12)
 
 
@@ -476,4 +484,44 @@ def test_intervention_values_can_be_tensors_and_callables():
     replay = model(idx, interventions={i: {"phases": frozen[i].phases} for i in range(2)}).logits
     torch.testing.assert_close(replay, model(idx).logits, rtol=0, atol=1e-14)
     hot = model(idx, interventions=every_layer({"temperature": per_head + 1})).logits
-    assert math.isfinite(float(hot.sum()))
+    assert math.isfinite(float(hot.detach().sum()))
+
+
+# --------------------------------------------------------------------------------------------------
+# ablation specs (for `lotsim compare` arms ATTENTION:ABLATION)
+
+
+@pytest.mark.parametrize("attention", VARIANTS)
+def test_ablation_specs_are_valid(attention):
+    from lotsim.model import get_attention
+
+    ablations = get_attention(attention).ablations
+    assert "frozen-phases" in ablations
+    for name, spec in ablations.items():
+        model = make_model(attention, spec["options"])  # the options validate
+        names = [n for n, _ in model.named_parameters()]
+        for suffix in spec["freeze"]:
+            assert any(n.endswith(f".attn.{suffix}") for n in names), (name, suffix)
+
+
+@pytest.mark.parametrize("attention", ["pma", "ssa"])
+def test_no_oscillator_ablation_is_vanilla_up_to_a_temperature(attention):
+    from lotsim.model import get_attention
+
+    vanilla = make_model("vanilla", seed=0)
+    ablated = make_model(attention, get_attention(attention).ablations["no-oscillator"]["options"], seed=5)
+    assert not ablated.load_state_dict(vanilla.state_dict(), strict=False).unexpected_keys
+    idx = tokens()
+    # pma keeps a learned per-head temperature tau_base (= 1 at init up to float32 round-off): pin it
+    pinned = every_layer({"temperature": 1.0}) if attention == "pma" else None
+    expected = vanilla(idx).logits
+    torch.testing.assert_close(ablated(idx, interventions=pinned).logits, expected, rtol=0, atol=1e-12)
+    gap = (ablated(idx).logits - vanilla(idx).logits).abs().max()
+    assert gap < (1e-5 if attention == "pma" else 1e-12)
+
+
+def test_fsn_ablations_switch_their_branch_off():
+    model = make_model("fsn", {"delay_init": 0.0})
+    idx = tokens()
+    off = model(idx, interventions=every_layer({"delay_coupling": 0.0})).logits
+    torch.testing.assert_close(model(idx).logits, off, rtol=0, atol=0)

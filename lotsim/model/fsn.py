@@ -42,8 +42,9 @@ simulator, not learnable). The direct term is checked against the core's
 :func:`~lotsim.dynamics.core.coupling_term` with the attention as a dense coupling matrix in
 ``tests/test_attentions.py``.
 
-Parameters: ``phase``, ``out``, ``gate_raw``, ``rotary_rate`` (as ``torus``) and ``kernel`` (4, h, m,
-M): real and imaginary parts of c and d.
+Parameters: ``phase``, ``out``, ``gate_raw``, ``rotary_rate`` (as ``torus``) and (h, m, M) each of
+``coupling_real``, ``coupling_imag`` (c = a + ib), ``delay_real``, ``delay_imag`` (d), separate so an
+ablation can freeze one part (e.g. the imaginary parts at 0: no Sakaguchi frustration).
 
 Legend: ``b`` batch, ``t`` tokens, ``h`` heads, ``m`` angles per head, ``M`` harmonics, ``D`` width.
 """
@@ -51,7 +52,7 @@ Legend: ``b`` batch, ``t`` tokens, ``h`` heads, ``m`` angles per head, ``M`` har
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -157,25 +158,39 @@ class FSNAttention(PhaseStateAttention):
     """
 
     Options = FSNOptions
+    # (options, frozen parameter suffixes) per ablation, for `lotsim compare` arms ATTENTION:ABLATION
+    ablations: ClassVar[dict[str, dict[str, Any]]] = {
+        "no-coupling": {"options": {"coupling_init": 0.0, "delay_init": 0.0},
+                        "freeze": ["coupling_real", "coupling_imag", "delay_real", "delay_imag"]},
+        "no-delay": {"options": {"delay_init": 0.0}, "freeze": ["delay_real", "delay_imag"]},
+        "no-frustration": {"options": {}, "freeze": ["coupling_imag", "delay_imag"]},
+        "frozen-phases": {"options": {}, "freeze": ["phase.weight"]},
+    }
     intervention_names = ("phases", "coupling", "frustration", "delay_coupling", "delay_frustration", "gate",
                           "rotary_rate")
 
     def __init__(self, config, options: FSNOptions, layer: int = 0):
         super().__init__(config, options, layer)
         self.harmonics = options.harmonics
-        self.kernel = nn.Parameter(torch.empty(4, self.n_heads, self.angles, self.harmonics))
+        shape = (self.n_heads, self.angles, self.harmonics)
+        self.coupling_real = nn.Parameter(torch.empty(shape))
+        self.coupling_imag = nn.Parameter(torch.empty(shape))
+        self.delay_real = nn.Parameter(torch.empty(shape))
+        self.delay_imag = nn.Parameter(torch.empty(shape))
         self.init_parameters(config.init_std)
 
     @torch.no_grad()
     def init_parameters(self, std: float) -> None:
+        """As ``torus``; c_1 = coupling_init, d_1 = delay_init (real), every other coefficient 0."""
         super().init_parameters(std)
-        self.kernel.zero_()
-        self.kernel[0, ..., 0] = self.options.coupling_init
-        self.kernel[2, ..., 0] = self.options.delay_init
+        for p in (self.coupling_real, self.coupling_imag, self.delay_real, self.delay_imag):
+            p.zero_()
+        self.coupling_real[..., 0] = self.options.coupling_init
+        self.delay_real[..., 0] = self.options.delay_init
 
     def coefficients(self, iv: Mapping[str, Any]) -> torch.Tensor:
         """The kernel (4, h, m, M) = (Re c, Im c, Re d, Im d) with interventions applied."""
-        kernel = self.kernel
+        kernel = torch.stack([self.coupling_real, self.coupling_imag, self.delay_real, self.delay_imag])
         if not any(n in iv for n in ("coupling", "frustration", "delay_coupling", "delay_frustration")):
             return kernel
         parts = []

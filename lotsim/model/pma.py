@@ -52,7 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,8 @@ class PMAOptions(AttentionOptions):
         dt: integrator step.
         method: euler | heun | rk4.
         key_phases: ``oscillator`` (psi = phi) or ``position`` (psi_u = Omega_h u, the README's phi_pos).
+        adaptive_temperature: tau from R and Var(P) (False: tau = tau_base, a learned per-head
+            temperature; with gate 0 that is the ``no-oscillator`` ablation).
         gate_init: initial residual gate lambda (README: 0.1).
         temperature_init: initial tau_base (> 0).
         variance_weight_init: initial beta (> 0).
@@ -87,6 +89,7 @@ class PMAOptions(AttentionOptions):
     dt: float = Field(default=0.25, gt=0)
     method: Literal["euler", "heun", "rk4"] = "heun"
     key_phases: Literal["oscillator", "position"] = "oscillator"
+    adaptive_temperature: bool = True
     gate_init: float = 0.1
     temperature_init: float = Field(default=1.0, gt=0)
     variance_weight_init: float = Field(default=0.1, gt=0)
@@ -238,6 +241,13 @@ class PMAAttention(QKVAttention):
     """
 
     Options = PMAOptions
+    # (options, frozen parameter suffixes) per ablation, for `lotsim compare` arms ATTENTION:ABLATION
+    ablations: ClassVar[dict[str, dict[str, Any]]] = {
+        "no-oscillator": {"options": {"gate_init": 0.0, "adaptive_temperature": False}, "freeze": ["gate"]},
+        "frozen-phases": {"options": {}, "freeze": ["phase.weight", "omega", "sequence_frequency",
+                                                    "coupling.weight", "coupling_bias"]},
+        "no-coupling": {"options": {"n_steps": 0}, "freeze": ["omega", "coupling.weight", "coupling_bias"]},
+    }
     intervention_names = ("phases", "key_phases", "coupling", "omega", "order_parameter",
                           "coherence_variance", "temperature", "gate")
 
@@ -312,12 +322,17 @@ class PMAAttention(QKVAttention):
             (position * self.sequence_frequency).expand(b, t, -1)
         key_phases = use("key_phases", key_phases)
         materialised = o.implementation == "materialised"
-        statistics = materialised_prefix_statistics if materialised else prefix_statistics
-        r, var = statistics(phases, key_phases)
-        r, var = use("order_parameter", r), use("coherence_variance", var)
-        alpha, beta = F.softplus(self.order_weight_raw), F.softplus(self.variance_weight_raw)
-        adaptive = F.softplus(self.temperature_raw) * (1 + beta * var) * (1 + alpha * (1 - r))
-        temperature = use("temperature", adaptive)
+        tau_base = F.softplus(self.temperature_raw)
+        r = var = None
+        if o.adaptive_temperature or return_intermediates:
+            statistics = materialised_prefix_statistics if materialised else prefix_statistics
+            r, var = statistics(phases, key_phases)
+            r, var = use("order_parameter", r), use("coherence_variance", var)
+        if o.adaptive_temperature:
+            alpha, beta = F.softplus(self.order_weight_raw), F.softplus(self.variance_weight_raw)
+            temperature = use("temperature", tau_base * (1 + beta * var) * (1 + alpha * (1 - r)))
+        else:
+            temperature = use("temperature", tau_base.expand(b, t, -1))
         gate = use("gate", self.gate)
         if materialised:
             y = materialised_pma_attention(q, k, v, phases, key_phases, gate, temperature)

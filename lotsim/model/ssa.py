@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,8 @@ class SSAOptions(AttentionOptions):
     """Options of the ``ssa`` attention.
 
     Attributes:
+        locking: the oscillator locking weights (False: all frequencies equal, i.e. softmax attention
+            through SDPA; with ``rope=True`` that is vanilla: the ``no-oscillator`` ablation).
         rope: also apply RoPE to q and k (default off: the frequencies are the positional encoding).
         coupling_init: initial kappa (> 0).
         content_frequency_init: std of the content-frequency projection's init, times 1/sqrt(D).
@@ -71,6 +73,7 @@ class SSAOptions(AttentionOptions):
         implementation: ``auto``, ``materialised`` or ``flex`` (see the module docstring).
     """
 
+    locking: bool = True
     rope: bool = False
     coupling_init: float = Field(default=1.0, gt=0)
     content_frequency_init: float = Field(default=0.1, ge=0)
@@ -206,6 +209,12 @@ class SSAAttention(QKVAttention):
     """
 
     Options = SSAOptions
+    # (options, frozen parameter suffixes) per ablation, for `lotsim compare` arms ATTENTION:ABLATION;
+    # SSA has no phase state: "frozen-phases" holds the natural frequencies at init
+    ablations: ClassVar[dict[str, dict[str, Any]]] = {
+        "no-oscillator": {"options": {"locking": False, "rope": True}, "freeze": []},
+        "frozen-phases": {"options": {}, "freeze": ["frequency.weight", "sequence_frequency"]},
+    }
     intervention_names = ("omega", "sequence_frequency", "coupling")
 
     def __init__(self, config, options: SSAOptions, layer: int = 0):
@@ -246,13 +255,17 @@ class SSAAttention(QKVAttention):
         if "sequence_frequency" in iv:
             sequence_frequency = override(sequence_frequency, iv["sequence_frequency"])
         omega = self.natural_frequencies(x, sequence_frequency)
+        if not o.locking:
+            omega = torch.zeros_like(omega)
         if "omega" in iv:
             omega = override(omega, iv["omega"])
         coupling = F.softplus(self.coupling_raw)
         if "coupling" in iv:
             coupling = override(coupling, iv["coupling"])
         fraction = None
-        if _use_flex(o.implementation):
+        if not o.locking and not iv:
+            y = self.attend(q, k, v)  # equal frequencies: every pair locked, A = softmax (one SDPA call)
+        elif _use_flex(o.implementation):
             y = flex_ssa(q, k, v, omega, coupling, o.lock_epsilon)
         else:
             y, fraction = materialised_ssa(q, k, v, omega, coupling, o.lock_epsilon)

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -301,6 +301,12 @@ class TorusAttention(PhaseStateAttention):
     """
 
     Options = TorusOptions
+    # (options, frozen parameter suffixes) per ablation, for `lotsim compare` arms ATTENTION:ABLATION;
+    # the oscillators are the whole layer, so there is no "no-oscillator" arm
+    ablations: ClassVar[dict[str, dict[str, Any]]] = {
+        "no-coupling": {"options": {"coupling_init": 0.0}, "freeze": ["coupling"]},
+        "frozen-phases": {"options": {}, "freeze": ["phase.weight"]},
+    }
     intervention_names = ("phases", "coupling", "gate", "rotary_rate")
 
     def __init__(self, config, options: TorusOptions, layer: int = 0):
