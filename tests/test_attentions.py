@@ -525,3 +525,21 @@ def test_fsn_ablations_switch_their_branch_off():
     idx = tokens()
     off = model(idx, interventions=every_layer({"delay_coupling": 0.0})).logits
     torch.testing.assert_close(model(idx).logits, off, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# docs/attentions.md is executable
+
+
+def test_attention_docs_examples_run(capsys):
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "attentions.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{doc.name} block {i}", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "'fsn'" in out and "'loss'" in out
