@@ -77,7 +77,7 @@ class FSNOptions(AttentionOptions):
     Attributes:
         angles: m, angles per head (default d/2).
         harmonics: M, harmonics of the coupling kernel.
-        gate_init: initial score gate g (> 0).
+        gate_init: initial score gate g (> 0); None -> 1/sqrt(m) (as ``torus``).
         coupling_init: initial Re c_1 (attractive first harmonic); other coefficients start at 0.
         delay_init: initial Re d_1.
         implementation: ``fused`` (two SDPA calls) or ``materialised`` (explicit; test oracle).
@@ -85,7 +85,7 @@ class FSNOptions(AttentionOptions):
 
     angles: int | None = Field(default=None, ge=1)
     harmonics: int = Field(default=2, ge=1, le=8)
-    gate_init: float = Field(default=1.0, gt=0)
+    gate_init: float | None = Field(default=None, gt=0)
     coupling_init: float = 0.5
     delay_init: float = 0.5
     implementation: Literal["fused", "materialised"] = "fused"

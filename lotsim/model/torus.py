@@ -184,7 +184,8 @@ class TorusOptions(AttentionOptions):
         n_steps: Kuramoto steps per layer through the core (1 = the paper's single update).
         dt: step of the integrator.
         method: euler | heun | rk4.
-        gate_init: initial score gate g (> 0).
+        gate_init: initial score gate g (> 0); None -> 1/sqrt(m), so the score of independent uniform
+            phases has variance m g^2 / 2 = 1/2 whatever m.
         coupling_init: initial coupling eta.
         implementation: ``fused`` (SDPA) or ``materialised`` (explicit T x T weights; test oracle).
     """
@@ -193,7 +194,7 @@ class TorusOptions(AttentionOptions):
     n_steps: int = Field(default=1, ge=0, le=64)
     dt: float = Field(default=1.0, gt=0)
     method: Literal["euler", "heun", "rk4"] = "euler"
-    gate_init: float = Field(default=1.0, gt=0)
+    gate_init: float | None = Field(default=None, gt=0)
     coupling_init: float = 1.0
     implementation: Literal["fused", "materialised"] = "fused"
 
@@ -252,7 +253,8 @@ class PhaseStateAttention(Attention):
     def init_parameters(self, std: float) -> None:
         """Phase projection ~ N(0, 1/D) (unit-size complex pairs), gates, RoPE-spectrum rotary rates."""
         nn.init.normal_(self.phase.weight, std=1.0 / math.sqrt(self.d_model))
-        self.gate_raw.fill_(inverse_softplus(self.options.gate_init))
+        gate = self.options.gate_init or 1.0 / math.sqrt(self.angles)
+        self.gate_raw.fill_(inverse_softplus(gate))
         c = torch.arange(self.angles, dtype=self.rotary_rate.dtype, device=self.rotary_rate.device)
         self.rotary_rate.copy_((self.rope_base ** (-c / self.angles)).expand(self.n_heads, -1))
 
