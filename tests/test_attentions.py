@@ -114,6 +114,22 @@ def test_fused_equals_materialised(attention, options):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-11, msg=name)
 
 
+@pytest.mark.parametrize(("attention", "name"), [("pma", "phases"), ("ssa", "omega"), ("torus", "phases"),
+                                                ("fsn", "phases")])
+def test_perturbing_the_oscillator_state_changes_outputs_and_loss(attention, name):
+    model = make_model(attention).eval()
+    idx = tokens()
+    base = model(idx, idx.roll(-1, 1))
+    gen = torch.Generator().manual_seed(3)
+
+    def jitter(current):
+        return current + torch.randn(current.shape, dtype=current.dtype, generator=gen)
+
+    perturbed = model(idx, idx.roll(-1, 1), interventions=every_layer({name: jitter}))
+    assert (perturbed.logits - base.logits).abs().max() > 1e-4
+    assert (perturbed.loss - base.loss).abs() > 1e-6
+
+
 # --------------------------------------------------------------------------------------------------
 # pma
 
