@@ -11,7 +11,7 @@ run:  ## install and run the main job on its embedded defaults
 
 test:  ## install (with dev extras) and run the default test suite
 	@bash scripts/setup.sh dev
-	$(VENV)/bin/ruff check lotsim tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench:  ## slow physics checks and benchmarks

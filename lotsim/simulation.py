@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lotsim import __version__
-from lotsim.config import SimulationRecipe, parse_couplings, recipe_to_toml
+from lotsim.config import SimulationRecipe, parse_couplings, parse_shard, recipe_to_toml
 from lotsim.dynamics import KuramotoSystem, build_operator, make_integrator, order_parameter
 from lotsim.dynamics.initial import initial_phases, load_phases, natural_frequencies
 from lotsim.io import TrajectoryWriter, open_trajectory, read_state
@@ -121,6 +121,12 @@ def build_system(recipe: SimulationRecipe) -> tuple[Lattice, KuramotoSystem, np.
         per_seed = np.stack([initial_phases(lattice, init.kind, seed=int(s), twist=init.twist) for s in seeds_per])
         theta0 = np.tile(per_seed, (values.shape[0], 1))
     omega = np.tile(omega_per_seed, (values.shape[0], 1))
+    if recipe.shard is not None:
+        index, count = parse_shard(recipe.shard)
+        if count > couplings.shape[0]:
+            raise ValueError(f"shard {recipe.shard!r}: {count} shards for only {couplings.shape[0]} replicas")
+        keep = np.array_split(np.arange(couplings.shape[0]), count)[index]
+        theta0, omega, couplings, seeds = theta0[keep], omega[keep], couplings[keep], seeds[keep]
 
     dtype = getattr(torch, dyn.dtype)
     device = torch.device(dyn.device)
@@ -187,7 +193,9 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
             node_data={"natural_frequency": system.omega.cpu().numpy(), "position": lattice.positions,
                        "id": np.arange(lattice.n)},
             replica_data={"coupling": couplings, "seed": seeds},
-            edges=np.stack([lattice.senders, lattice.receivers], axis=1), weights=lattice.weights,
+            # the complete graph's n(n-1) edges stay implicit (the recipe names the topology)
+            edges=None if lattice.edges is None else np.stack([lattice.senders, lattice.receivers], axis=1),
+            weights=None if lattice.edges is None else lattice.weights,
             observables={"order_parameter": ((), np.float64), "mean_phase": ((), np.float64)},
         )
         state = integrator.init_fn(torch.as_tensor(theta0, dtype=dtype, device=dyn.device))

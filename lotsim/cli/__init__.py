@@ -11,6 +11,7 @@ from lotsim import __version__
 from lotsim.cli.compare import compare
 from lotsim.cli.eval import eval_
 from lotsim.cli.simulate import simulate
+from lotsim.cli.sweep import sweep
 from lotsim.cli.train import train
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ def main(
 
 
 app.command()(simulate)
+app.command()(sweep)
 app.command()(train)
 app.command(name="eval")(eval_)
 app.command()(compare)
