@@ -361,13 +361,14 @@ def plot_comparison(report: dict[str, Any], path: str | Path) -> Path:
     metrics = report["metrics"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.8), constrained_layout=True,
                              squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes[0], metrics):
         for i, arm in enumerate(arms):
             s = report["arms"][arm]["metrics"].get(metric)
             if s is None:
                 continue
             x = np.full(len(s["values"]), i, dtype=float) + np.linspace(-0.08, 0.08, len(s["values"]))
-            ax.plot(x, s["values"], "o", ms=4, alpha=0.7)
+            ax.plot(x, s["values"], "o", ms=4, alpha=0.7, color=colors[i % len(colors)])  # one colour per arm
             ax.errorbar(i + 0.22, s["mean"], yerr=s["sd"] or 0.0, fmt="s", color="k", ms=4, capsize=3)
         ax.set_xticks(range(len(arms)), arms, rotation=20, ha="right", fontsize=8)
         ax.set_title(f"test {metric}", fontsize=9)
