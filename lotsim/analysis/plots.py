@@ -176,7 +176,7 @@ def plot_transition(report, out_dir: Path, formats: Sequence[str] = ("png",), st
     ax.fill_between(k, report.r_low, report.r_high, color="C0", alpha=0.25, lw=0,
                     label="95% bootstrap band" + (" (seeds)" if report.n_seeds.min() > 1 else " (time blocks)"))
     ax.plot(k, report.r_mean, "o-", color="C0", ms=4, lw=1.3,
-            label=f"simulation (mean of {report.n_seeds.max()} seeds)")
+            label=f"simulation (mean of {report.n_seeds.max()} seed{'s' if report.n_seeds.max() > 1 else ''})")
     curve = report.theory_curve()
     if curve is not None:
         ax.plot(*curve, color="k", ls="--", lw=1.2, label=f"theory: {report.theory.describe()}")
