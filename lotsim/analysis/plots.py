@@ -86,6 +86,17 @@ def _coupling_colors(info: RunInfo, reps: Sequence[int]):
 # ------------------------------------------------------------------------------------------- order
 
 
+def _one_per_coupling(info: RunInfo, reps: Sequence[int], at_most: int) -> list[int]:
+    """Positions in ``reps`` of the first replica of each distinct coupling, thinned evenly to ``at_most``."""
+    seen: dict[float, int] = {}
+    for k, rep in enumerate(reps):
+        seen.setdefault(round(float(info.couplings[rep]), 12) if np.isfinite(info.couplings[rep]) else k, k)
+    picks = list(seen.values())
+    if len(picks) > at_most:
+        picks = [picks[i] for i in np.unique(np.linspace(0, len(picks) - 1, at_most).round().astype(int))]
+    return picks
+
+
 def plot_order(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
     """r(t) with transients and theory, effective vs natural frequencies, and V(t) when defined."""
     info, reps = report.info, report.replicas
@@ -95,12 +106,18 @@ def plot_order(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> list
     fig, axes = _figure(11.5, 4.4, 1, 2)
     ax, ax_w = axes[0]
     t = info.times
+    shown = _one_per_coupling(info, reps, 4)  # replicas of the frequency panel (and OA curves if many)
     for k, rep in enumerate(reps):
         ax.plot(t, report.r[:, k], color=colors[k], lw=1.2, label=None if many else _replica_label(info, rep))
-        if report.theory is not None and report.theory.dist == "lorentzian" and np.isfinite(info.couplings[rep]):
+    if report.theory is not None and report.theory.dist == "lorentzian":
+        first = True
+        for k, rep in enumerate(reps):
+            if not np.isfinite(info.couplings[rep]) or (many and k not in _one_per_coupling(info, reps, 1000)):
+                continue
             oa = report.theory.transient(t, float(info.couplings[rep]), float(report.r[0, k]))
-            ax.plot(t, oa, color=colors[k], lw=1.0, ls="--",
-                    label="Ott–Antonsen theory, N→∞ (dashed)" if k == 0 else None)
+            ax.plot(t, oa, color="k" if many else colors[k], lw=0.8 if many else 1.0, ls="--", alpha=0.8,
+                    label="Ott–Antonsen theory, N→∞ (dashed)" if first else None)
+            first = False
     what = "transient end (detected)" if report.transient_detected else "transient end (given)"
     if many or len(np.unique(report.start)) == 1:
         ax.axvline(t[report.start[0]], color="0.4", ls=":", lw=1.0, label=what if np.unique(report.start).size == 1
@@ -115,11 +132,11 @@ def plot_order(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> list
     ax.legend(loc="best", fontsize=8)
 
     if report.omega_eff is not None and report.omega is not None:
-        for k, rep in enumerate(reps[:4]):
+        for k in shown:
             ax_w.plot(report.omega[k], report.omega_eff[k], ".", ms=3, color=colors[k], alpha=0.8,
-                      label=_replica_label(info, rep))
+                      label=_replica_label(info, reps[k]))
         # heavy-tailed (Lorentzian) frequencies: show the central 90% of the oscillators
-        omega = report.omega[: min(4, len(reps))]
+        omega = report.omega[shown]
         centre = float(np.median(omega))
         half = 1.15 * float(np.percentile(np.abs(omega - centre), 90)) or 1.0
         span = np.linspace(centre - half, centre + half, 3)
