@@ -333,3 +333,23 @@ def test_wrapped_phase_files_are_unwrapped_between_frames(tmp_path):
     report = analyze_order(path, chunk_frames=7, transient=0.0)
     assert np.allclose(report.omega_eff[0], omega, atol=1e-9)
     assert any("wrapped phases" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (["--topology", "ring", "--frustration", "0.3"], "frustration"),
+    (["--topology", "chain", "--normalization", "degree"], "not symmetric"),
+])
+def test_potential_is_refused_for_non_gradient_systems(tmp_path, args, reason):
+    run = simulate(tmp_path / "p.h5", *args, "--n", "12", "--coupling", "1", "--steps", "10")
+    pot = analyze_json("order", run)["replicas"][0]["potential"]
+    assert pot["defined"] is False and reason in pot["reason"]
+    assert analyze_json("order", run)["replicas"][0]["series"]["potential"] is None
+
+
+def test_the_analysis_library_imports_no_cli_plotting_or_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, lotsim.analysis, lotsim.observables; "
+            "bad = {'typer', 'rich', 'matplotlib', 'torch'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
