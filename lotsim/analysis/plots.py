@@ -206,7 +206,7 @@ def plot_transition(report, out_dir: Path, formats: Sequence[str] = ("png",), st
             ax.plot(ks, ad["backward"], "<-", color="C2", ms=5, lw=1.0, label="adiabatic, K decreasing")
     fit = report.kc_fit
     sd = fit["sd"] or 0.0
-    ax.plot(*report.fit_curve(), color="C1", lw=1.0, ls="-.", label="fit r² = c + A·max(0, 1 − K_c/K)")
+    ax.plot(*report.fit_curve(), color="C1", lw=1.0, ls="-.", label="onset fit r² = c + A·max(0, 1 − K_c/K)")
     ax.axvspan(fit["kc"] - sd, fit["kc"] + sd, color="C1", alpha=0.2, lw=0)
     ax.axvline(fit["kc"], color="C1", lw=1.5, label=f"K_c fit = {fit['kc']:.3f} ± {sd:.3f}")
     if report.theory is not None:

@@ -7,11 +7,15 @@ or every frame after ``transient``). Per coupling:
 
 - ``r_mean``: the mean over seeds; ``r_low``/``r_high``: a 95% percentile bootstrap band over seeds
   (with a single seed, over 10 contiguous time blocks of its window instead);
-- K_c from a fit: ``r^2(K) = c + A max(0, 1 - K_c/K)`` (exact for the Lorentzian complete graph,
-  r^2 = 1 - K_c/K, and the generic square-root onset elsewhere; c absorbs the finite-size floor ~ 1/N),
-  fitted by profiling K_c over a fine grid with non-negative (c, A) and refining with a bounded
-  scalar minimisation; uncertainty = the standard deviation of the fitted K_c over bootstrap
-  resamples of the seeds;
+- K_c from a fit of the onset: ``r^2(K) = c + A max(0, 1 - K_c/K)`` (exact for the Lorentzian
+  complete graph, r^2 = 1 - K_c/K, and the generic square-root onset elsewhere; c absorbs the
+  finite-size floor ~ 1/N) over the couplings up to the first one where r reaches halfway between
+  its smallest and largest value (at least 3 couplings), fitted by profiling K_c over a fine grid
+  with non-negative (c, A) and refining with a bounded scalar minimisation; uncertainty = the
+  standard deviation of the fitted K_c over bootstrap resamples of the seeds combined in quadrature
+  with the model dependence (the shift of K_c when the next coupling joins the window). Not
+  included: the finite-size rounding of the onset (r ~ N^-1/2 below K_c), a systematic shift that
+  only a sweep over N can remove;
 - K_c from the susceptibility peak: the maximum of the seed-averaged chi(K), refined by a parabola
   through its neighbours; uncertainty = bootstrap sd, at least half the local coupling spacing.
 
@@ -71,9 +75,9 @@ class TransitionReport:
         return k, self.theory.r(k)
 
     def fit_curve(self, points: int = 300) -> tuple[np.ndarray, np.ndarray]:
-        """The fitted model r(K) = sqrt(c + A max(0, 1 - K_c/K)) on a fine grid."""
-        k = np.linspace(self.couplings.min(), self.couplings.max(), points)
+        """The fitted model r(K) = sqrt(c + A max(0, 1 - K_c/K)) over its fit window."""
         f = self.kc_fit
+        k = np.linspace(f["window"][0], f["window"][1], points)
         with np.errstate(divide="ignore", invalid="ignore"):
             onset = np.where(k > 0, np.maximum(0.0, 1.0 - f["kc"] / np.where(k > 0, k, 1.0)), 0.0)
         return k, np.sqrt(f["floor"] + f["amplitude"] * onset)
@@ -86,7 +90,7 @@ class TransitionReport:
             "r_mean": self.r_mean.tolist(), "r_low": self.r_low.tolist(), "r_high": self.r_high.tolist(),
             "chi_mean": self.chi_mean.tolist(),
             "kc_estimate": self.kc_fit["kc"], "kc_uncertainty": self.kc_fit["sd"], "kc_ci95": self.kc_fit["ci95"],
-            "kc_method": "fit r^2 = c + A max(0, 1 - Kc/K), bootstrap over seeds",
+            "kc_method": "fit r^2 = c + A max(0, 1 - Kc/K) over the onset window, bootstrap over seeds",
             "kc_fit": self.kc_fit, "kc_susceptibility": self.kc_chi,
             "kc_theory": None if self.theory is None else self.theory.kc,
             "r_theory": None if self.theory is None else self.theory.r(self.couplings).tolist(),
@@ -108,17 +112,32 @@ def _profile_sse(kc: float, k: np.ndarray, y: np.ndarray) -> tuple[float, np.nda
     return float(resid**2), coef
 
 
-def fit_kc(couplings: np.ndarray, r: np.ndarray, grid: int = 200) -> dict:
-    """Fit ``r^2 = c + A max(0, 1 - K_c/K)`` (c, A >= 0); see the module docstring.
+def onset_window(r: np.ndarray) -> int:
+    """Number of leading couplings in the onset fit: up to and including the first coupling where r
+    reaches halfway between its smallest and largest value (at least 3)."""
+    r = np.asarray(r, dtype=np.float64)
+    above = np.nonzero(r >= 0.5 * (r.min() + r.max()))[0]
+    last = int(above[0]) if above.size else r.size - 1
+    return min(r.size, max(last + 1, 3))
+
+
+def fit_kc(couplings: np.ndarray, r: np.ndarray, grid: int = 200, extra: int = 0) -> dict:
+    """Fit the onset ``r^2 = c + A max(0, 1 - K_c/K)`` (c, A >= 0); see the module docstring.
+
+    Only the couplings of :func:`onset_window` enter: far above K_c the shape of r(K) depends on the
+    frequency distribution (exactly this form only for the Lorentzian), near K_c it is a square root.
 
     Args:
         couplings: Sorted distinct K [k] (at least 3).
         r: Mean order parameter [k].
+        grid: Candidate K_c values of the profile search.
+        extra: Couplings added to the onset window (to measure the model dependence).
 
     Returns:
-        ``{"kc", "floor" (c), "amplitude" (A), "rmse"}``.
+        ``{"kc", "floor" (c), "amplitude" (A), "rmse", "window" [K_first, K_last]}``.
     """
-    k, y = np.asarray(couplings, dtype=np.float64), np.asarray(r, dtype=np.float64) ** 2
+    m = min(len(r), onset_window(r) + extra)
+    k, y = np.asarray(couplings, dtype=np.float64)[:m], np.asarray(r, dtype=np.float64)[:m] ** 2
     lo, hi = max(k.min(), 1e-12), k.max()
     candidates = np.linspace(lo, hi, grid)
     sse = np.array([_profile_sse(c, k, y)[0] for c in candidates])
@@ -128,7 +147,8 @@ def fit_kc(couplings: np.ndarray, r: np.ndarray, grid: int = 200) -> dict:
                                    options={"xatol": 1e-6 * max(hi, 1e-9)})
     kc = float(res.x) if res.fun <= sse[best] else float(candidates[best])
     sse_best, (c, amp) = _profile_sse(kc, k, y)
-    return {"kc": kc, "floor": float(c), "amplitude": float(amp), "rmse": float(np.sqrt(sse_best / k.size))}
+    return {"kc": kc, "floor": float(c), "amplitude": float(amp), "rmse": float(np.sqrt(sse_best / k.size)),
+            "window": [float(k[0]), float(k[-1])]}
 
 
 def susceptibility_peak(couplings: np.ndarray, chi: np.ndarray) -> float:
@@ -223,6 +243,10 @@ def analyze_transition(paths: Sequence[str | Path], *, transient: float | None =
     n_kc = min(n_boot, N_BOOT_KC)
     fits = np.array([fit_kc(couplings, boot_r[b])["kc"] for b in range(n_kc)])
     kc_fit = {**_summary(fits, fit["kc"]), **{k: v for k, v in fit.items() if k != "kc"}}
+    # model dependence: how far K_c moves when the next coupling joins the onset window
+    kc_fit["statistical_sd"] = kc_fit["sd"]
+    kc_fit["model_shift"] = abs(fit_kc(couplings, r_mean, extra=1)["kc"] - fit["kc"])
+    kc_fit["sd"] = float(np.hypot(kc_fit["sd"] or 0.0, kc_fit["model_shift"]))
     peak = susceptibility_peak(couplings, chi_mean)
     peaks = np.array([susceptibility_peak(couplings, boot_chi[b]) for b in range(n_kc)])
     kc_chi = _summary(peaks, peak)
