@@ -177,3 +177,11 @@ def test_ott_antonsen_solution_solves_its_ode():
         drdt = np.gradient(r, t)
         assert np.allclose(drdt, -0.5 * r + 0.5 * coupling * r * (1 - r**2), atol=1e-4)
     assert ott_antonsen_r(np.array([1e4]), 2.0, 0.5, 0.1)[0] == pytest.approx(math.sqrt(0.5))
+
+
+def test_random_phases_put_a_defect_on_one_plaquette_in_three():
+    # four independent uniform phases around a square wind by +-1 with probability 1/6 each
+    faces, _ = obs.square_plaquettes((100, 100), periodic=True)
+    charges = obs.face_charges(np.random.default_rng(5).uniform(0, 2 * math.pi, (4, 10000)), faces)
+    assert (charges == 1).mean() == pytest.approx(1 / 6, abs=0.01)
+    assert (charges == -1).mean() == pytest.approx(1 / 6, abs=0.01)
