@@ -112,8 +112,10 @@ def lattice_faces(traj: Trajectory, info: RunInfo) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"{info.path}: a complete graph has no spatial structure, so no winding numbers or vortices; "
                          "defects need a ring or a 2-D lattice")
     if positions.ndim != 2 or positions.shape[1] != 2 or topo in ("ring", "chain"):
+        dim = positions.shape[-1] if positions.ndim == 2 else 0
+        has = f"{dim}-D node positions" if dim else "no node positions"
         raise ValueError(f"{info.path}: defects need a ring (winding number) or a 2-D lattice (vortices); "
-                         f"this run is {topo} with {positions.shape[-1] if positions.ndim == 2 else 0}-D positions")
+                         f"this {topo} run has {has}")
     senders, receivers, _ = edge_arrays(traj)
     return obs.planar_faces(positions, senders, receivers)
 

@@ -131,7 +131,8 @@ def plot_order(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> list
         fig.colorbar(mappable, ax=ax, label="coupling K")
     ax.legend(loc="best", fontsize=8)
 
-    if report.omega_eff is not None and report.omega is not None:
+    identical = report.omega is not None and float(np.ptp(report.omega)) == 0.0
+    if report.omega_eff is not None and report.omega is not None and not identical:
         for k in shown:
             ax_w.plot(report.omega[k], report.omega_eff[k], ".", ms=3, color=colors[k], alpha=0.8,
                       label=_replica_label(info, reps[k]))
@@ -148,8 +149,12 @@ def plot_order(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> list
         ax_w.legend(loc="best", fontsize=8)
     elif report.omega_eff is not None:
         ax_w.hist(report.omega_eff.reshape(-1), bins=60, color="C0")
+        if identical:
+            ax_w.axvline(float(report.omega.reshape(-1)[0]), color="k", ls="--", lw=1.0,
+                         label="natural frequency ω (identical)")
+            ax_w.legend(loc="best", fontsize=8)
         ax_w.set(xlabel="effective frequency ⟨dθ_i/dt⟩ (rad per unit time)", ylabel="oscillators",
-                 title="effective frequencies")
+                 title="effective frequencies over the stationary window")
     else:
         ax_w.set_axis_off()
         ax_w.text(0.5, 0.5, "no stationary window\nfor effective frequencies", ha="center", va="center")
