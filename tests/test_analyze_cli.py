@@ -160,6 +160,13 @@ def test_transition_combines_sharded_sweeps(runs, tmp_path):
     b = simulate(tmp_path / "b.h5", "--topology", "complete", "--n", "100", "--coupling", "2", "--steps", "40")
     out = analyze_json("transition", a, b)
     assert out["couplings"] == [0.0, 1.0, 2.0] and out["n_seeds"] == [1, 1, 1] and len(out["files"]) == 2
+    # --shard i/n splits the couplings x seeds grid (here through the seeds of K = 1): same result as one run
+    grid = ["--topology", "complete", "--n", "60", "--coupling", "0:2:3", "--replicas", "3", "--steps", "40"]
+    shards = [simulate(tmp_path / f"s{i}.h5", *grid, "--shard", f"{i}/2") for i in range(2)]
+    whole = analyze_json("transition", simulate(tmp_path / "whole.h5", *grid))
+    combined = analyze_json("transition", *shards)
+    assert combined["n_seeds"] == [3, 3, 3] and combined["warnings"] == []
+    assert combined["r_mean"] == whole["r_mean"] and combined["kc_estimate"] == whole["kc_estimate"]
 
 
 def test_transition_adiabatic_sweeps(tmp_path):

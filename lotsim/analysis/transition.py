@@ -265,8 +265,8 @@ def analyze_transition(paths: Sequence[str | Path], *, transient: float | None =
 
 
 def _system(info: RunInfo) -> dict:
-    """The recipe without what a sweep varies (couplings, seeds, output)."""
-    recipe = {k: v for k, v in info.recipe.items() if k not in ("seed", "replicas", "output", "name")}
+    """The recipe without what a sweep varies (couplings, seeds, shard, output)."""
+    recipe = {k: v for k, v in info.recipe.items() if k not in ("seed", "replicas", "output", "name", "shard")}
     recipe["dynamics"] = {k: v for k, v in info.section("dynamics").items() if k != "coupling"}
     return recipe
 
@@ -308,7 +308,10 @@ def adiabatic_sweep(recipe, couplings: Sequence[float], direction: str = "both",
     if ks.size < 2:
         raise ValueError("an adiabatic sweep needs at least two couplings")
     dyn = recipe.dynamics
-    base = recipe.model_copy(update={"replicas": 1, "dynamics": dyn.model_copy(update={"coupling": float(ks[0])})})
+    update = {"replicas": 1, "dynamics": dyn.model_copy(update={"coupling": float(ks[0])})}
+    if "shard" in type(recipe).model_fields:  # a shard's recipe: the sweep runs the whole system
+        update["shard"] = None
+    base = recipe.model_copy(update=update)
     _, system, theta0, _, _ = build_system(base)
     dtype, device = system.omega.dtype, system.omega.device
     n_steps = int(steps_per_coupling or dyn.n_steps)
