@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lotsim import __version__
+from lotsim.cli.analyze import analyze_app
 from lotsim.cli.simulate import simulate
 from lotsim.cli.sweep import sweep
 
@@ -36,3 +37,4 @@ def main(
 
 app.command()(simulate)
 app.command()(sweep)
+app.add_typer(analyze_app, name="analyze")
