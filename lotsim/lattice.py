@@ -61,9 +61,9 @@ class Lattice:
     Attributes:
         name: human-readable description, e.g. ``"square 32x32 periodic"``.
         n: number of nodes.
-        senders: (e,) int64, the ``j`` of each directed edge ``j -> i``.
-        receivers: (e,) int64, the ``i`` of each directed edge.
-        weights: (e,) float64 edge weights ``A[i, j]``.
+        edges: (senders, receivers, weights): (e,) int64 ``j`` and ``i`` of each directed edge
+            ``j -> i`` and (e,) float64 ``A[i, j]``. None for the complete graph, whose n(n-1)
+            edges are implicit (uniform weight ``complete_weight``) and built only on request.
         positions: (n, d) float64 node coordinates (lattice units).
         box: (d,) periodic box lengths for minimum-image distances, or None (open boundaries).
         directed: whether the source graph was directed.
@@ -75,21 +75,39 @@ class Lattice:
 
     name: str
     n: int
-    senders: np.ndarray
-    receivers: np.ndarray
-    weights: np.ndarray
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None
     positions: np.ndarray
     box: np.ndarray | None = None
     directed: bool = False
     complete: bool = False
     shape: tuple[int, ...] = ()
     topology: str = "custom"
+    complete_weight: float = 1.0
     graph: nx.Graph | None = field(default=None, repr=False)
+
+    def edge_list(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(senders, receivers, weights), materialising the complete graph's edges if implicit."""
+        if self.edges is not None:
+            return self.edges
+        i, j = np.nonzero(~np.eye(self.n, dtype=bool))
+        return j.astype(np.int64), i.astype(np.int64), np.full(i.shape[0], self.complete_weight)
+
+    @property
+    def senders(self) -> np.ndarray:
+        return self.edge_list()[0]
+
+    @property
+    def receivers(self) -> np.ndarray:
+        return self.edge_list()[1]
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self.edge_list()[2]
 
     @property
     def num_edges(self) -> int:
         """Number of directed edges (an undirected edge counts twice)."""
-        return int(self.senders.shape[0])
+        return self.n * (self.n - 1) if self.edges is None else int(self.edges[0].shape[0])
 
     def adjacency(self) -> sp.csr_array:
         """Sparse weighted adjacency, (n, n) CSR with ``A[i, j]`` = influence of j on i."""
@@ -99,6 +117,8 @@ class Lattice:
 
     def in_degree(self) -> np.ndarray:
         """(n,) weighted in-degree ``k_i = sum_j A[i, j]``."""
+        if self.edges is None:
+            return np.full(self.n, (self.n - 1) * self.complete_weight)
         return np.bincount(self.receivers, weights=self.weights, minlength=self.n)
 
     def displacement(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -115,6 +135,8 @@ class Lattice:
     def pairwise_distances(self) -> np.ndarray:
         """(n, n) distances between all nodes: Euclidean with minimum image when positions are
         geometric, else shortest-path hop counts (for graphs with no geometry)."""
+        if self.edges is None:
+            return 1.0 - np.eye(self.n)
         if self.positions.shape[1] == 0:
             lengths = dict(nx.all_pairs_shortest_path_length(self.to_networkx().to_undirected()))
             out = np.full((self.n, self.n), np.inf)
@@ -143,6 +165,11 @@ class Lattice:
         weight[recv, slot] = w
         return index, weight
 
+    def with_edge_weights(self, weights: np.ndarray) -> Lattice:
+        """Copy with new (e,) edge weights on the same edges."""
+        senders, receivers, _ = self.edge_list()
+        return replace(self, edges=(senders, receivers, np.asarray(weights, dtype=np.float64)))
+
     def with_weights(
         self, kind: WeightKind = "uniform", lattice_constant: float = 1.0, exponent: float = 1.0
     ) -> Lattice:
@@ -151,6 +178,8 @@ class Lattice:
         ``uniform``: w = 1; ``exp``: w = exp(-d / lattice_constant); ``power``: w = d ** -exponent.
         """
         if kind == "uniform":
+            if self.edges is None:
+                return replace(self, complete_weight=1.0)
             w = np.ones(self.num_edges)
         elif kind == "exp":
             if lattice_constant <= 0:
@@ -163,7 +192,7 @@ class Lattice:
             w = d**-exponent
         else:
             raise ValueError(f"unknown weight kind {kind!r}; allowed: {', '.join(WEIGHT_KINDS)}")
-        return replace(self, weights=w.astype(np.float64))
+        return self.with_edge_weights(w)
 
     def to_networkx(self) -> nx.DiGraph:
         """The lattice as a weighted networkx DiGraph with integer nodes (edge j -> i)."""
@@ -207,7 +236,7 @@ def from_networkx(
                      if len(pos) == n else np.zeros((n, 0)))
     complete = (not directed) and src.shape[0] == n * (n - 1)
     return Lattice(
-        name=name, n=n, senders=src, receivers=dst, weights=w, positions=np.asarray(positions, float),
+        name=name, n=n, edges=(src, dst, w), positions=np.asarray(positions, float),
         box=None if box is None else np.asarray(box, float), directed=directed, complete=complete,
         shape=tuple(shape), topology=topology, graph=graph,
     )
@@ -320,8 +349,9 @@ def build_lattice(
             lat = replace(lat, positions=np.zeros((lat.n, 0)))
     elif topology == "complete":
         n = _need(n, "--n", topology)
-        lat = from_networkx(nx.complete_graph(n), name=f"complete n={n}", topology=topology)
-        lat = replace(lat, complete=True)
+        # edges stay implicit: the mean-field path never needs them (n = 10^4 would be 10^8 edges)
+        lat = Lattice(name=f"complete n={n}", n=n, edges=None, positions=np.zeros((n, 0)), complete=True,
+                      topology=topology, shape=(n,))
     elif topology == "small-world":
         n = _need(n, "--n", topology)
         if not 0 < k < n or k % 2:

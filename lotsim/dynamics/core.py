@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -127,25 +127,26 @@ class MeanFieldOperator(CouplingOperator):
         return self
 
 
-def normalized_adjacency(lattice: Lattice, normalization: Normalization) -> tuple[np.ndarray, np.ndarray]:
-    """Edge weights of ``W`` for a normalisation (physics.md table).
+def row_scale(lattice: Lattice, normalization: Normalization) -> np.ndarray:
+    """(n,) factor of each row of ``W = row_scale[:, None] * A`` (physics.md table).
 
-    ``mean-field``: W = A / N; ``degree``: W_ij = A_ij / k_i with the weighted in-degree k_i (rows of
-    isolated nodes stay zero: they rotate freely); ``none``: W = A.
-
-    Returns:
-        (weights (e,), row_scale (n,)) with ``weights = A_ij * row_scale[i]``.
+    ``mean-field``: 1/N; ``degree``: 1/k_i with the weighted in-degree k_i (rows of isolated nodes
+    stay zero: they rotate freely); ``none``: 1.
     """
     if normalization == "mean-field":
-        scale = np.full(lattice.n, 1.0 / lattice.n)
-    elif normalization == "degree":
+        return np.full(lattice.n, 1.0 / lattice.n)
+    if normalization == "degree":
         degree = lattice.in_degree()
-        scale = np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)
-    elif normalization == "none":
-        scale = np.ones(lattice.n)
-    else:
-        raise ValueError(f"unknown normalization {normalization!r}; allowed: {', '.join(NORMALIZATIONS)}")
-    return lattice.weights * scale[lattice.receivers], scale
+        return np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)
+    if normalization == "none":
+        return np.ones(lattice.n)
+    raise ValueError(f"unknown normalization {normalization!r}; allowed: {', '.join(NORMALIZATIONS)}")
+
+
+def normalized_adjacency(lattice: Lattice, normalization: Normalization) -> Lattice:
+    """The lattice with edge weights ``W_ij = A_ij * row_scale[i]``."""
+    scale = row_scale(lattice, normalization)
+    return lattice.with_edge_weights(lattice.weights * scale[lattice.receivers])
 
 
 def build_operator(
@@ -157,27 +158,24 @@ def build_operator(
 ) -> CouplingOperator:
     """Pick the cheapest exact layout for ``W`` on a lattice.
 
-    ``auto``: mean field for uniform complete graphs, a padded neighbour table when the in-degree is
-    nearly uniform (lattices), CSR otherwise.
+    ``auto``: mean field for the complete graph (O(n), its edges are never built), a padded
+    neighbour table when the in-degree is nearly uniform (lattices), CSR otherwise.
     """
-    weights, scale = normalized_adjacency(lattice, normalization)
-    uniform_complete = lattice.complete and np.allclose(weights, weights[0]) if lattice.num_edges else False
-    if layout == "auto":
-        if uniform_complete:
-            layout = "mean-field"
-        else:
-            counts = np.bincount(lattice.receivers, minlength=lattice.n)
-            max_k = counts.max() if counts.size else 0
-            layout = "neighbours" if max_k <= 32 and counts.mean() >= 0.75 * max_k else "sparse"
+    if layout in ("auto", "mean-field") and lattice.complete and lattice.edges is None:
+        scale = row_scale(lattice, normalization)[0]
+        return MeanFieldOperator(lattice.n, float(lattice.complete_weight * scale))
     if layout == "mean-field":
-        if not uniform_complete:
-            raise ValueError("the mean-field layout needs a complete graph with uniform weights")
-        return MeanFieldOperator(lattice.n, float(weights[0]))
+        raise ValueError("the mean-field layout needs the complete graph (topology 'complete')")
+    weighted = normalized_adjacency(lattice, normalization)
+    if layout == "auto":
+        counts = np.bincount(weighted.receivers, minlength=lattice.n)
+        max_k = counts.max() if counts.size else 0
+        layout = "neighbours" if max_k <= 32 and counts.mean() >= 0.75 * max_k else "sparse"
     if layout == "neighbours":
-        index, table = replace(lattice, weights=weights).neighbour_table()
+        index, table = weighted.neighbour_table()
         return NeighbourOperator(torch.as_tensor(index, device=device),
                                  torch.as_tensor(table, device=device, dtype=dtype))
-    matrix = replace(lattice, weights=weights).adjacency()
+    matrix = weighted.adjacency()
     if layout == "dense":
         return DenseOperator(torch.as_tensor(matrix.toarray(), device=device, dtype=dtype))
     if layout == "sparse":

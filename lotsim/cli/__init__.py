@@ -1,0 +1,36 @@
+"""The ``lotsim`` command line (Typer). Only this package imports typer/rich; heavy libraries
+(torch, matplotlib, onnx, cupy) are imported inside the commands that need them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from lotsim import __version__
+from lotsim.cli.simulate import simulate
+
+app = typer.Typer(
+    help="lotsim: Lattice Oscillator Transformers and a fast, tested Kuramoto lattice simulator.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lotsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool | None, typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                                 help="Print the version and exit.")] = None,
+) -> None:
+    """lotsim: Lattice Oscillator Transformers and a fast, tested Kuramoto lattice simulator."""
+
+
+app.command()(simulate)

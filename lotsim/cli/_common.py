@@ -1,0 +1,61 @@
+"""Shared CLI plumbing: consoles, one-line user errors (exit 2), runtime failures (exit 1), JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+stderr = Console(stderr=True)
+stdout = Console()
+
+USAGE_ERROR, RUNTIME_ERROR = 2, 1
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
+    """Print ``error: message`` on one line to stderr and return the Exit to raise."""
+    stderr.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn library ValueErrors (bad recipe, bad file, bad option) into one line and exit code 2."""
+    from lotsim.config import RecipeError
+
+    try:
+        yield
+    except (RecipeError, ValueError, FileNotFoundError) as err:
+        raise fail(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+
+
+def print_json(obj: dict) -> None:
+    """Exactly one JSON object on stdout."""
+    sys.stdout.write(json.dumps(obj, allow_nan=False, default=_jsonable) + "\n")
+    sys.stdout.flush()
+
+
+def _jsonable(value):
+    try:
+        return value.tolist()
+    except AttributeError:
+        return str(value)
+
+
+def progress_bar(description: str) -> Progress:
+    """A rich progress bar on stderr, disabled when stderr is not a terminal."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True,
+                    disable=not stderr.is_terminal)

@@ -1,0 +1,282 @@
+"""Recipes: TOML files validated by pydantic v2, with ``--set a.b=value`` overrides.
+
+Every section mirrors a component (``[lattice]``, ``[frequencies]``, ``[initial]``, ``[dynamics]``,
+``[output]``); unknown keys are errors that name the key and the allowed ones. Overrides are parsed
+with TOML value syntax and applied to the raw dict *before* validation, so they get the same checks.
+The resolved recipe (every default filled in) is written next to every output.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lotsim.lattice import Topology, WeightKind
+
+
+class RecipeError(ValueError):
+    """A recipe or override is invalid; the message is one line naming the key and what is allowed."""
+
+
+class Section(BaseModel):
+    """Base of every recipe section: strict keys, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LatticeSection(Section):
+    """Which graph the oscillators live on (see :func:`lotsim.lattice.build_lattice`)."""
+
+    topology: Topology = "complete"
+    n: Annotated[int, Field(ge=1)] | None = None
+    shape: list[Annotated[int, Field(ge=1)]] | None = None
+    periodic: bool = True
+    weights: WeightKind = "uniform"
+    lattice_constant: Annotated[float, Field(gt=0)] = 1.0
+    exponent: float = 1.0
+    k: Annotated[int, Field(ge=1)] = 4
+    p: Annotated[float, Field(ge=0, le=1)] = 0.1
+    degree: Annotated[int, Field(ge=1)] = 3
+    file: str | None = None
+    directed: bool = False
+    seed: int | None = None
+
+
+class FrequencySection(Section):
+    """Natural frequencies: ``width`` is the std (gaussian), half-width gamma (lorentzian) or the
+    half-range (uniform, on [mean - width, mean + width]). ``quantile`` sampling uses
+    omega_j = F^-1((j - 1/2)/N), placed on nodes in a seeded random order."""
+
+    dist: Literal["constant", "gaussian", "lorentzian", "uniform", "file"] = "lorentzian"
+    mean: float = 0.0
+    width: Annotated[float, Field(ge=0)] = 0.5
+    sampling: Literal["random", "quantile"] = "quantile"
+    file: str | None = None
+
+
+class InitialSection(Section):
+    """Initial phases: random (uniform), sync (all zero), twisted (q-twist along the first axis),
+    vortex (a +1 vortex at the centre of a 2-D grid) or file (.npy of shape (n,) or (replicas, n),
+    or a lotsim .h5 run whose last state is continued)."""
+
+    kind: Literal["random", "sync", "twisted", "vortex", "file"] = "random"
+    twist: int = 1
+    file: str | None = None
+
+
+CouplingSpec = float | list[float] | str
+DEFAULT_T_MAX = 50.0
+
+
+class DynamicsSection(Section):
+    """The oscillator equations and their integration."""
+
+    coupling: CouplingSpec = "0:3:13"
+    normalization: Literal["mean-field", "degree", "none"] = "mean-field"
+    harmonics: list[float] = [1.0]
+    frustration: float | list[float] = 0.0
+    noise: Annotated[float, Field(ge=0)] = 0.0
+    inertia: Annotated[float, Field(ge=0)] = 0.0
+    integrator: Literal["euler", "heun", "rk4"] = "rk4"
+    dt: Annotated[float, Field(gt=0)] = 0.05
+    steps: Annotated[int, Field(ge=1)] | None = None
+    t_max: Annotated[float, Field(gt=0)] | None = None
+    backend: Literal["auto", "torch", "numba", "cupy"] = "auto"
+    device: str = "cpu"
+    dtype: Literal["float32", "float64"] = "float64"
+
+    @field_validator("coupling")
+    @classmethod
+    def _check_coupling(cls, value):
+        parse_couplings(value)
+        return value
+
+    @field_validator("harmonics")
+    @classmethod
+    def _check_harmonics(cls, value):
+        if not value:
+            raise ValueError("harmonics needs at least one amplitude, e.g. [1.0]")
+        return value
+
+    @model_validator(mode="after")
+    def _one_duration(self):
+        if self.steps is not None and self.t_max is not None:
+            raise ValueError(f"give dynamics.steps ({self.steps}) or dynamics.t_max ({self.t_max}), not both")
+        if self.steps is None and self.t_max is None:
+            object.__setattr__(self, "t_max", DEFAULT_T_MAX)
+        return self
+
+    @property
+    def n_steps(self) -> int:
+        """Number of integration steps (``t_max / dt`` rounded to the nearest integer)."""
+        return self.steps if self.steps is not None else max(1, round(self.t_max / self.dt))
+
+
+class OutputSection(Section):
+    """Where and how results are stored."""
+
+    dir: str = "outputs"
+    save_every: Annotated[int, Field(ge=1)] = 10
+    compression: Literal["lzf", "gzip", "none"] = "lzf"
+    precision: Literal["same", "float32", "float64"] = "same"
+
+
+class SimulationRecipe(Section):
+    """A ``lotsim simulate`` recipe. ``replicas`` is the number of seeds per coupling: a run holds
+    ``len(couplings) * replicas`` replicas, replica ``c * replicas + s`` having coupling ``c`` and
+    seed ``seed + s`` (frequencies and initial phases depend on the seed only)."""
+
+    name: str = "simulate"
+    seed: int = 0
+    replicas: Annotated[int, Field(ge=1)] = 1
+    lattice: LatticeSection = LatticeSection(n=1000)
+    frequencies: FrequencySection = FrequencySection()
+    initial: InitialSection = InitialSection()
+    dynamics: DynamicsSection = DynamicsSection()
+    output: OutputSection = OutputSection()
+
+
+_RANGE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*:\s*([0-9]+)\s*$")
+
+
+def parse_couplings(spec: CouplingSpec) -> list[float]:
+    """A coupling value, a list, or a range ``start:stop:count`` (inclusive, like numpy.linspace)."""
+    if isinstance(spec, bool):
+        raise ValueError(f"coupling must be a number, a list or start:stop:count, got {spec!r}")
+    if isinstance(spec, int | float):
+        return [float(spec)]
+    if isinstance(spec, list):
+        if not spec:
+            raise ValueError("coupling list is empty")
+        return [float(v) for v in spec]
+    match = _RANGE.match(spec)
+    if not match:
+        try:
+            return [float(v) for v in spec.split(",")]
+        except ValueError:
+            raise ValueError(f"coupling {spec!r} is not a number, a comma list or start:stop:count") from None
+    start, stop, count = float(match[1]), float(match[2]), int(match[3])
+    if count < 1:
+        raise ValueError(f"coupling range {spec!r} needs count >= 1")
+    if count == 1:
+        return [start]
+    return [start + (stop - start) * i / (count - 1) for i in range(count)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, overriding and reporting errors
+
+RecipeT = TypeVar("RecipeT", bound=BaseModel)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` -> (["a", "b"], value) with TOML value syntax (bare words become strings)."""
+    if "=" not in item:
+        raise RecipeError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    path = [part.strip() for part in key.strip().split(".")]
+    if not all(path):
+        raise RecipeError(f"override {item!r} has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``data`` with each ``a.b=value`` override set."""
+    out = _deep_copy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _deep_copy(data: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def read_toml(path: str | Path) -> dict:
+    """Parse a TOML file; a missing or malformed file is a :class:`RecipeError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise RecipeError(f"recipe {str(path)!r} is not valid TOML: {err}") from None
+
+
+def validate_recipe(model: type[RecipeT], data: dict) -> RecipeT:
+    """Validate ``data`` against ``model``; errors become one-line :class:`RecipeError` messages."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, model)) from None
+
+
+def load_recipe(model: type[RecipeT], path: str | Path | None = None, overrides: list[str] = (),
+                updates: dict | None = None) -> RecipeT:
+    """Load a recipe: TOML file (optional) -> ``updates`` (e.g. CLI flags) -> overrides -> validation."""
+    data = read_toml(path) if path is not None else {}
+    for dotted, value in (updates or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return validate_recipe(model, apply_overrides(data, list(overrides)))
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Field names of the (sub)model reached by following ``loc``; None if it is not a model."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        annotation = current.model_fields[part].annotation
+        current = annotation if isinstance(annotation, type) else None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel]) -> str:
+    """The first error as one line: ``dynamics.dt: Input should be greater than 0 (got -1)``."""
+    first = err.errors()[0]
+    loc = tuple(str(p) for p in first["loc"] if not isinstance(p, int))
+    where = ".".join(loc) or "recipe"
+    if first["type"] == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1]) or []
+        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return f"{where}: unknown key{suggestion}; allowed: {', '.join(allowed)}"
+    message = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{where}: {message}{shown}{more}"
+
+
+def recipe_to_toml(recipe: BaseModel) -> str:
+    """The resolved recipe as TOML text (None values omitted: TOML has no null)."""
+    return tomli_w.dumps(_drop_none(recipe.model_dump(mode="json")))
+
+
+def _drop_none(data):
+    if isinstance(data, dict):
+        return {k: _drop_none(v) for k, v in data.items() if v is not None}
+    return data

@@ -1,0 +1,304 @@
+"""Physics validation of the Kuramoto core (physics.md "Validation"): analytic results are tests."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, optimize, stats
+
+from lotsim.dynamics import KuramotoSystem, build_operator, drift, kuramoto_integrator, order_parameter
+from lotsim.dynamics.initial import initial_phases, natural_frequencies
+from lotsim.lattice import build_lattice
+
+F64 = torch.float64
+
+
+def _system(lattice, omega, coupling, normalization="none", layout="auto", **kw):
+    omega = torch.as_tensor(np.array(omega), dtype=F64)
+    coupling = torch.as_tensor(np.asarray(coupling, dtype=float), dtype=F64).reshape(-1, 1)
+    return KuramotoSystem(omega, coupling, build_operator(lattice, normalization, layout=layout), **kw)
+
+
+def _run(system, theta0, *, dt, steps, method="rk4", seed=0, record_every=None):
+    init, step = kuramoto_integrator(system, method=method, dt=dt, seed=seed)
+    state = init(torch.as_tensor(np.asarray(theta0), dtype=F64))
+    if record_every is None:
+        return step(state, steps)
+    frames = []
+    for _ in range(steps // record_every):
+        state = step(state, record_every)
+        frames.append(state.theta)
+    return state, torch.stack(frames)
+
+
+# --------------------------------------------------------------------------- two oscillators
+
+
+@pytest.mark.parametrize("delta_omega", [0.5, 1.0, 1.9])
+def test_two_oscillators_lock_at_arcsin(delta_omega):
+    c = 1.0
+    lat = build_lattice("complete", n=2)
+    sys_ = _system(lat, [-delta_omega / 2, delta_omega / 2], [c])
+    state = _run(sys_, [[0.0, 0.0]], dt=0.01, steps=4000)
+    phase_difference = (state.theta[0, 1] - state.theta[0, 0]).item()
+    assert phase_difference == pytest.approx(math.asin(delta_omega / (2 * c)), abs=1e-6)
+    velocity = drift(sys_, state.theta)
+    assert (velocity[0, 1] - velocity[0, 0]).abs().item() < 1e-8  # frequency locked
+
+
+@pytest.mark.parametrize("delta_omega", [2.5, 4.0])
+def test_two_oscillators_beat_frequency_above_locking(delta_omega):
+    c = 1.0
+    lat = build_lattice("complete", n=2)
+    sys_ = _system(lat, [-delta_omega / 2, delta_omega / 2], [c])
+    beat = math.sqrt(delta_omega**2 - 4 * c**2)
+    periods = 20
+    t_total = periods * 2 * math.pi / beat
+    state0 = _run(sys_, [[0.0, 0.0]], dt=0.005, steps=2000)  # discard a transient of t = 10
+    steps = round(t_total / 0.005)
+    state1 = kuramoto_integrator(sys_, dt=0.005).step_fn(state0, steps)
+    d0 = (state0.theta[0, 1] - state0.theta[0, 0]).item()
+    d1 = (state1.theta[0, 1] - state1.theta[0, 0]).item()
+    measured = (d1 - d0) / (steps * 0.005)
+    assert measured == pytest.approx(beat, rel=2e-3)  # the phase slips 2 pi once per beat period
+
+
+# --------------------------------------------------------------------------- complete graph
+
+
+def _stationary_r(n, dist, width, couplings, *, t_max=60.0, dt=0.05, start="sync"):
+    lat = build_lattice("complete", n=n)
+    omega = natural_frequencies(n, dist, width=width, sampling="quantile", seed=0)
+    b = len(couplings)
+    sys_ = _system(lat, np.broadcast_to(omega, (b, n)), couplings, normalization="mean-field")
+    theta0 = np.zeros((b, n)) if start == "sync" else np.tile(initial_phases(lat, "random"), (b, 1))
+    steps = round(t_max / dt)
+    _, frames = _run(sys_, theta0, dt=dt, steps=steps, record_every=10)
+    r, _ = order_parameter(frames)
+    return r[r.shape[0] // 2:].mean(0).numpy()
+
+
+def test_lorentzian_order_parameter_matches_closed_form():
+    gamma, couplings = 0.5, [1.5, 2.0, 3.0]
+    r = _stationary_r(4000, "lorentzian", gamma, couplings)
+    theory = np.sqrt(1 - 2 * gamma / np.asarray(couplings))  # K_c = 2 gamma
+    assert np.allclose(r, theory, atol=0.02), (r, theory)
+
+
+def test_lorentzian_incoherent_below_kc():
+    r = _stationary_r(4000, "lorentzian", 0.5, [0.5], start="random")
+    assert r[0] < 0.06  # O(1/sqrt(N)) fluctuations only
+
+
+@pytest.mark.slow
+def test_lorentzian_closed_form_at_n_10000_within_0_01():
+    gamma, couplings = 0.5, [1.2, 1.5, 2.0, 3.0, 4.0]
+    r = _stationary_r(10_000, "lorentzian", gamma, couplings, t_max=150.0)
+    assert np.allclose(r, np.sqrt(1 - 2 * gamma / np.asarray(couplings)), atol=0.01)
+
+
+def _gaussian_self_consistent_r(k, sigma):
+    """Solve 1 = K int_{-pi/2}^{pi/2} cos^2(x) g(K r sin x) dx for r > 0."""
+    g = stats.norm(0, sigma).pdf
+
+    def residual(r):
+        return k * integrate.quad(lambda x: math.cos(x) ** 2 * g(k * r * math.sin(x)), -math.pi / 2,
+                                  math.pi / 2)[0] - 1
+
+    return optimize.brentq(residual, 1e-6, 1.0)
+
+
+def test_gaussian_critical_coupling_and_self_consistency():
+    sigma = 1.0
+    kc = math.sqrt(8 / math.pi) * sigma
+    assert 2 / (math.pi * stats.norm(0, sigma).pdf(0)) == pytest.approx(kc)
+    couplings = [0.8 * kc, 1.5 * kc, 2.0 * kc]
+    r = _stationary_r(4000, "gaussian", sigma, couplings, t_max=80.0)
+    assert r[0] < 0.08
+    for k, measured in zip(couplings[1:], r[1:]):
+        assert measured == pytest.approx(_gaussian_self_consistent_r(k, sigma), abs=0.02)
+
+
+def test_incoherent_state_has_mean_r_squared_one_over_n():
+    n, samples = 50, 4000
+    lat = build_lattice("complete", n=n)
+    theta = torch.as_tensor(np.stack([initial_phases(lat, "random", seed=s) for s in range(samples)]))
+    r, _ = order_parameter(theta)
+    mean_r2 = (r**2).mean().item()
+    # E[r^2] = 1/N exactly; the sample mean has sd ~ (1/N)/sqrt(samples)
+    assert mean_r2 == pytest.approx(1 / n, rel=5 * 1 / math.sqrt(samples))
+
+
+# --------------------------------------------------------------------------- integrators
+
+
+@functools.cache
+def _convergence_problem():
+    """A small coupled ring with frustration and two harmonics, and a fine-dt RK4 reference at t = 2."""
+    lat = build_lattice("ring", n=8)
+    omega = natural_frequencies(8, "gaussian", width=1.0, seed=1)
+    sys_ = _system(lat, omega, [1.5], frustration=(0.3,), harmonics=(1.0, 0.4))
+    theta0 = initial_phases(lat, "random", seed=2)[None]
+    return sys_, theta0, _run(sys_, theta0, dt=1e-4, steps=20_000).theta
+
+
+@pytest.mark.parametrize(("method", "order"), [("euler", 1), ("heun", 2), ("rk4", 4)])
+def test_integrator_convergence_order(method, order):
+    sys_, theta0, reference = _convergence_problem()
+    t_end = 2.0
+    dts = {"euler": [0.05, 0.025], "heun": [0.025, 0.0125], "rk4": [0.1, 0.05]}[method]
+    errors = [(_run(sys_, theta0, dt=dt, steps=round(t_end / dt), method=method).theta - reference).abs().max()
+              for dt in dts]
+    observed = math.log2(errors[0] / errors[1])
+    assert observed == pytest.approx(order, abs=0.15)
+
+
+def test_free_rotation_is_exact_at_zero_coupling():
+    lat = build_lattice("square", shape=(6, 6))
+    omega = natural_frequencies(36, "gaussian", width=2.0, seed=3)
+    sys_ = _system(lat, omega, [0.0])
+    theta0 = initial_phases(lat, "random", seed=4)[None]
+    dt, steps = 0.01, 1000
+    state = _run(sys_, theta0, dt=dt, steps=steps)
+    expected = theta0 + omega * (dt * steps)
+    assert np.allclose(state.theta.numpy(), expected, rtol=1e-13, atol=1e-12)
+
+
+def test_batched_couplings_equal_runs_one_by_one():
+    lat = build_lattice("square", shape=(8, 8))
+    omega = natural_frequencies(64, "gaussian", width=0.5, seed=5)
+    theta0 = initial_phases(lat, "random", seed=6)
+    couplings = [0.0, 0.7, 1.3, 2.9]
+    batched = _run(_system(lat, np.broadcast_to(omega, (4, 64)), couplings), np.tile(theta0, (4, 1)),
+                   dt=0.02, steps=200).theta
+    for i, k in enumerate(couplings):
+        single = _run(_system(lat, omega, [k]), theta0[None], dt=0.02, steps=200).theta
+        assert torch.equal(batched[i], single[0])
+
+
+@pytest.mark.parametrize("layout", ["dense", "sparse", "neighbours"])
+def test_layouts_agree(layout):
+    lat = build_lattice("small-world", n=50, k=4, p=0.2, seed=0)
+    omega = natural_frequencies(50, "gaussian", seed=0)
+    theta = torch.as_tensor(initial_phases(lat, "random")[None])
+    reference = drift(_system(lat, omega, [1.3], "degree", "dense", harmonics=(1.0, 0.5), frustration=(0.2, 0.1)),
+                      theta)
+    other = drift(_system(lat, omega, [1.3], "degree", layout, harmonics=(1.0, 0.5), frustration=(0.2, 0.1)), theta)
+    assert torch.allclose(reference, other, atol=1e-13)
+
+
+def test_mean_field_path_equals_dense_complete_graph():
+    lat = build_lattice("complete", n=30)
+    omega = natural_frequencies(30, "gaussian", seed=0)
+    theta = torch.as_tensor(initial_phases(lat, "random")[None])
+    for norm in ("mean-field", "degree", "none"):
+        fast = _system(lat, omega, [2.0], norm, frustration=(0.4,))
+        slow = _system(lat, omega, [2.0], norm, "dense", frustration=(0.4,))
+        assert torch.allclose(drift(fast, theta), drift(slow, theta), atol=1e-13)
+
+
+def test_degree_normalisation_and_isolated_nodes():
+    import networkx as nx
+
+    from lotsim.lattice import from_networkx
+
+    g = nx.Graph([(0, 1), (0, 2)])
+    g.add_node(3)  # isolated: rotates freely
+    lat = from_networkx(g)
+    sys_ = _system(lat, [0.0, 0.0, 0.0, 1.0], [1.0], "degree", "sparse")
+    theta = torch.tensor([[0.0, 1.0, 0.5, 2.0]], dtype=F64)
+    rhs = drift(sys_, theta)[0]
+    assert rhs[0].item() == pytest.approx((math.sin(1.0) + math.sin(0.5)) / 2)
+    assert rhs[1].item() == pytest.approx(math.sin(-1.0))
+    assert rhs[3].item() == 1.0
+
+
+# --------------------------------------------------------------------------- model extensions
+
+
+def test_sakaguchi_frustration_shifts_the_collective_frequency():
+    lat = build_lattice("complete", n=20)
+    k, alpha = 1.0, 0.6
+    sys_ = _system(lat, np.zeros(20), [k], "mean-field", frustration=(alpha,))
+    theta0 = 0.1 * np.random.default_rng(0).standard_normal((1, 20))
+    state = _run(sys_, theta0, dt=0.01, steps=3000)
+    velocity = drift(sys_, state.theta)
+    # synchronised identical oscillators rotate at -K sin(alpha) (N-1)/N (no self-coupling)
+    assert torch.allclose(velocity, torch.full_like(velocity, -k * math.sin(alpha) * 19 / 20), atol=1e-8)
+
+
+def test_second_harmonic_two_cluster_state():
+    lat = build_lattice("complete", n=40)
+    sys_ = _system(lat, np.zeros(40), [1.0], "mean-field", harmonics=(0.0, 1.0))
+    rng = np.random.default_rng(1)
+    theta0 = np.where(np.arange(40) < 20, 0.0, math.pi) + 0.2 * rng.standard_normal(40)
+    state = _run(sys_, theta0[None], dt=0.02, steps=2000)
+    r1, _ = order_parameter(state.theta)
+    r2, _ = order_parameter(state.theta, harmonic=2)
+    assert r2.item() == pytest.approx(1.0, abs=1e-6)
+    assert r1.item() < 1e-6
+
+
+def test_lyapunov_potential_never_increases_for_identical_oscillators():
+    lat = build_lattice("square", shape=(6, 6))
+    sys_ = _system(lat, np.zeros(36), [1.0], "none")
+    adjacency = torch.as_tensor(lat.adjacency().toarray())
+    _, frames = _run(sys_, initial_phases(lat, "random", seed=3)[None], dt=0.01, steps=2000, record_every=20,
+                     method="rk4")
+    diff = frames[:, 0, None, :] - frames[:, 0, :, None]
+    potential = -0.5 * (adjacency * torch.cos(diff)).sum((-1, -2))
+    assert torch.all(potential[1:] - potential[:-1] <= 1e-10)
+
+
+def test_inertial_model_locks_like_first_order():
+    lat = build_lattice("complete", n=2)
+    sys_ = _system(lat, [-0.5, 0.5], [1.0], inertia=0.5)
+    state = _run(sys_, [[0.0, 0.0]], dt=0.01, steps=6000)
+    assert (state.theta[0, 1] - state.theta[0, 0]).item() == pytest.approx(math.asin(0.5), abs=1e-6)
+    assert state.velocity.abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_noise_free_diffusion_variance(method):
+    n, d, dt, steps = 4000, 0.3, 0.01, 500
+    lat = build_lattice("complete", n=n)
+    sys_ = _system(lat, np.zeros(n), [0.0], noise=d)
+    state = _run(sys_, np.zeros((1, n)), dt=dt, steps=steps, method=method, seed=7)
+    variance = state.theta.var().item()
+    expected = 2 * d * dt * steps
+    assert variance == pytest.approx(expected, rel=4 * math.sqrt(2 / n))
+
+
+def test_noise_is_reproducible_and_resumable():
+    lat = build_lattice("ring", n=16)
+    sys_ = _system(lat, np.zeros(16), [1.0], noise=0.1)
+    init, step = kuramoto_integrator(sys_, method="heun", dt=0.01, seed=11)
+    s0 = init(torch.zeros(1, 16, dtype=F64))
+    straight = step(s0, 100)
+    split = step(init(step(s0, 37).theta, step=37), 63)
+    assert torch.equal(straight.theta, split.theta)
+    other_seed = kuramoto_integrator(sys_, method="heun", dt=0.01, seed=12).step_fn(s0, 100)
+    assert not torch.equal(straight.theta, other_seed.theta)
+
+
+def test_rk4_with_noise_is_refused():
+    lat = build_lattice("ring", n=4)
+    with pytest.raises(ValueError, match="heun"):
+        kuramoto_integrator(_system(lat, np.zeros(4), [1.0], noise=0.1), method="rk4")
+
+
+def test_float32_runs_and_stays_close_to_float64():
+    lat = build_lattice("square", shape=(8, 8))
+    omega = natural_frequencies(64, "gaussian", seed=0)
+    theta0 = initial_phases(lat, "random")[None]
+    s64 = _run(_system(lat, omega, [1.0]), theta0, dt=0.01, steps=300).theta
+    sys32 = KuramotoSystem(torch.as_tensor(omega, dtype=torch.float32), torch.tensor([[1.0]]),
+                           build_operator(lat, "none", dtype=torch.float32))
+    s32 = kuramoto_integrator(sys32, dt=0.01).step_fn(
+        kuramoto_integrator(sys32).init_fn(torch.as_tensor(theta0, dtype=torch.float32)), 300).theta
+    assert s32.dtype == torch.float32
+    assert torch.allclose(s32.double(), s64, atol=1e-4)

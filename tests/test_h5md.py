@@ -1,0 +1,513 @@
+"""H5MD trajectory layer: round trip, flat memory, crash safety, resume, errors, layout details."""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from lotsim.io import (
+    H5MDFormatError,
+    TrajectoryWriter,
+    chunk_frames_for,
+    observable_path,
+    open_trajectory,
+    read_state,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _frames(start: int, stop: int, n_replicas: int, n_nodes: int, dtype=np.float32):
+    """Deterministic frames ``start..stop-1``: steps [k], times [k], phase [k, R, N], r [k, R]."""
+    i = np.arange(start, stop)
+    steps = 10 * i
+    times = 0.05 * i
+    phase = (0.37 * i[:, None, None] + np.arange(n_replicas)[:, None] + 0.01 * np.arange(n_nodes)).astype(
+        dtype
+    )
+    r = np.abs(np.exp(1j * phase.astype(np.float64)).mean(axis=-1))
+    return steps, times, phase, r
+
+
+def _append_range(w, group, start, stop, block, n_replicas, n_nodes, dtype=np.float32, with_r=True):
+    for a in range(start, stop, block):
+        steps, times, phase, r = _frames(a, min(a + block, stop), n_replicas, n_nodes, dtype)
+        w.append(group, steps, times, phase, {"order_parameter": r} if with_r else None)
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True
+    )
+
+
+# ------------------------------------------------------------------------------------------ round trip
+
+
+def test_round_trip_three_groups(tmp_path):
+    path = tmp_path / "run.h5"
+    rng = np.random.default_rng(0)
+    omega = rng.normal(size=(3, 16))
+    position = rng.random((16, 2))
+    edges = np.array([[i, (i + 1) % 16] for i in range(16)])
+    weights = rng.random(16)
+    params = {"dt": 0.01, "lattice": {"topology": "ring", "n": 16, "skip": None, "shape": [4, 4]}, "tag": "x"}
+    recipe = '[lattice]\ntopology = "ring"\nn = 16\n'
+    with TrajectoryWriter(path, parameters=params, recipe_toml=recipe, seed=7, git_commit="abc123") as w:
+        w.add_particles(
+            "oscillators",
+            n_replicas=3,
+            n_nodes=16,
+            node_data={"natural_frequency": omega, "position": position, "id": np.arange(16)},
+            replica_data={"coupling": np.array([0.5, 1.0, 2.0]), "seed": np.array([1, 2, 3])},
+            edges=edges,
+            weights=weights,
+            observables={"order_parameter": ((), np.float64), "local_order": ((16,), np.float32)},
+        )
+        w.add_particles(
+            "layer_00",
+            n_replicas=2,
+            n_nodes=8,
+            dtype=np.float64,
+            observables={"order_parameter": ((), np.float64)},
+        )
+        w.add_particles("layer_01", n_replicas=1, n_nodes=5, edges=np.array([[0, 1], [3, 4]]))
+        for a in range(0, 50, 6):  # awkward block sizes, groups interleaved
+            steps, times, phase, r = _frames(a, min(a + 6, 50), 3, 16)
+            w.append("oscillators", steps, times, phase, {"order_parameter": r, "local_order": np.cos(phase)})
+        _append_range(w, "layer_00", 0, 33, 5, 2, 8, np.float64)
+        _append_range(w, "layer_01", 0, 9, 4, 1, 5, with_r=False)
+        assert w.frames_written("oscillators") == 50
+
+    with open_trajectory(path) as t:
+        assert sorted(t.groups) == ["layer_00", "layer_01", "oscillators"]
+        steps, times, phase, r = _frames(0, 50, 3, 16)
+        assert isinstance(t.phase(), h5py.Dataset)
+        np.testing.assert_array_equal(t.phase()[()], phase)
+        np.testing.assert_array_equal(t.steps(), steps)
+        np.testing.assert_array_equal(t.times(), times)
+        np.testing.assert_array_equal(t.observable("order_parameter")[()], r)
+        np.testing.assert_array_equal(t.observable("local_order")[()], np.cos(phase))
+        assert sorted(t.observable_names()) == ["local_order", "order_parameter"]
+        np.testing.assert_array_equal(t.node_data("natural_frequency"), omega)
+        np.testing.assert_array_equal(t.node_data("position"), position)
+        np.testing.assert_array_equal(t.node_data("id"), np.arange(16))
+        np.testing.assert_array_equal(t.replica_data("coupling"), [0.5, 1.0, 2.0])
+        np.testing.assert_array_equal(t.replica_data("seed"), [1, 2, 3])
+        e, wts = t.edges()
+        np.testing.assert_array_equal(e, edges)
+        np.testing.assert_array_equal(wts, weights)
+        assert (t.n_frames(), t.n_replicas(), t.n_nodes()) == (50, 3, 16)
+
+        steps, times, phase, r = _frames(0, 33, 2, 8, np.float64)
+        assert t.phase("layer_00").dtype == np.float64
+        np.testing.assert_array_equal(t.phase("layer_00")[()], phase)
+        np.testing.assert_array_equal(t.steps("layer_00"), steps)
+        np.testing.assert_array_equal(t.observable("order_parameter", "layer_00")[()], r)
+        assert t.observable_names("layer_00") == ["order_parameter"]
+        steps, times, phase, _ = _frames(0, 9, 1, 5)
+        np.testing.assert_array_equal(t.phase("layer_01")[()], phase)
+        np.testing.assert_array_equal(t.times("layer_01"), times)
+        assert t.observable_names("layer_01") == []
+        e, wts = t.edges("layer_01")
+        np.testing.assert_array_equal(e, [[0, 1], [3, 4]])
+        assert wts is None
+
+        blocks = list(t.iter_frames("oscillators", chunk_frames=7))
+        assert [b[0] for b in blocks][-1] == slice(49, 50)
+        np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), t.phase()[()])
+
+        p = t.parameters
+        assert p["dt"] == 0.01 and p["tag"] == "x"
+        assert p["lattice"] == {"topology": "ring", "n": 16, "shape": [4, 4]}  # None skipped
+        assert p["recipe_toml"] == t.recipe_toml == recipe
+        assert (p["seed"], p["git_commit"], p["lotsim_version"]) == (7, "abc123", "0.1.0")
+        assert t.unwrapped is True
+        with pytest.raises(KeyError, match="no particles group 'nope'"):
+            t.phase("nope")
+        with pytest.raises(KeyError, match="no observable"):
+            t.observable("missing")
+        with pytest.raises(KeyError, match="no node data"):
+            t.node_data("coupling")
+
+
+def test_layout_header_box_scales_and_hard_links(tmp_path):
+    path = tmp_path / "run.h5"
+    with TrajectoryWriter(path, author="Ada", lotsim_version="9.9", unwrapped=False) as w:
+        w.add_particles(
+            "oscillators",
+            n_replicas=2,
+            n_nodes=4,
+            edges=np.array([[0, 1]]),
+            weights=[2.0],
+            node_data={"natural_frequency": np.zeros(4)},
+            observables={"order_parameter": ((), np.float64)},
+        )
+        w.add_particles(
+            "layer_00", n_replicas=1, n_nodes=3, observables={"order_parameter": ((), np.float64)}
+        )
+        _append_range(w, "oscillators", 0, 5, 5, 2, 4)
+        _append_range(w, "layer_00", 0, 3, 3, 1, 3)
+
+    with h5py.File(path, "r") as f:
+        h5md = f["h5md"]
+        np.testing.assert_array_equal(h5md.attrs["version"], [1, 1])
+        for obj, key, text in [
+            (h5md["author"], "name", b"Ada"),
+            (h5md["creator"], "name", b"lotsim"),
+            (h5md["creator"], "version", b"9.9"),
+        ]:
+            assert obj.attrs[key] == text
+            assert obj.attrs.get_id(key).get_type().is_variable_str() is False  # fixed-length, as H5MD asks
+        module = h5md["modules/lotsim"]
+        np.testing.assert_array_equal(module.attrs["version"], [0, 1])
+        assert module.attrs["phase_storage"] == b"wrapped"
+
+        box = f["particles/oscillators/box"]
+        assert box.attrs["dimension"] == 1
+        assert box.attrs["boundary"].dtype == np.dtype("S8")
+        assert list(box.attrs["boundary"]) == [b"periodic"]
+        np.testing.assert_allclose(box["edges"][()], [2 * math.pi])
+
+        phase = f["particles/oscillators/phase"]
+        value = phase["value"]
+        assert [value.dims[i].label for i in range(3)] == ["time", "replica", "node"]
+        assert h5py.h5ds.is_attached(value.id, phase["time"].id, 0)
+        assert h5py.h5ds.is_attached(value.id, f["particles/oscillators/replica"].id, 1)
+        assert h5py.h5ds.is_attached(value.id, f["particles/oscillators/node"].id, 2)
+        assert list(value.dims[0].keys()) == ["time"]
+        assert value.maxshape == (None, 2, 4)
+        assert value.chunks == (chunk_frames_for(4, 8), 2, 4)
+        assert (value.compression, value.shuffle) == ("lzf", True)
+        assert phase["step"].dtype == np.int64 and phase["time"].dtype == np.float64
+
+        obs = f["observables/order_parameter"]
+        assert observable_path("order_parameter", "oscillators") == "/observables/order_parameter"
+        assert obs["step"].id == phase["step"].id and obs["time"].id == phase["time"].id  # hard links
+        assert obs["value"].shape == (5, 2)
+        layer = f["observables/layer_00/order_parameter"]
+        assert layer["step"].id == f["particles/layer_00/phase/step"].id
+        assert layer["time"].id == f["particles/layer_00/phase/time"].id
+
+        conn = f["connectivity/oscillators"]
+        assert f[conn.attrs["particles_group"]].name == "/particles/oscillators"
+        assert f[f["connectivity/oscillators_weights"].attrs["edges"]].name == "/connectivity/oscillators"
+
+    with open_trajectory(path) as t:
+        assert t.unwrapped is False
+
+
+# ------------------------------------------------------------------------------------------ streaming
+
+
+def test_append_keeps_memory_flat(tmp_path):
+    n_nodes, block, n_frames = 1024, 7, 20_000
+    base = np.random.default_rng(0).random((block, 1, n_nodes), dtype=np.float32) * np.float32(2 * np.pi)
+    ones = np.ones((block, 1))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with TrajectoryWriter(tmp_path / "big.h5") as w:
+        w.add_particles(
+            "oscillators", n_replicas=1, n_nodes=n_nodes, observables={"order_parameter": ((), np.float64)}
+        )
+        chunk = w.chunk_frames("oscillators")
+        assert chunk == 64  # 256 KiB / (4 B * 1024)
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            start = tracemalloc.get_traced_memory()[0]
+            most_buffered = 0
+            for b in range(n_frames // block + 1):
+                steps = np.arange(b * block, (b + 1) * block)
+                w.append(
+                    "oscillators", steps, 0.01 * steps, base + np.float32(1e-3 * b), {"order_parameter": ones}
+                )
+                most_buffered = max(most_buffered, w.buffered_frames("oscillators"))
+            peak = tracemalloc.get_traced_memory()[1] - start
+        finally:
+            tracemalloc.stop()
+        frames = w.frames_written("oscillators")
+    raw = frames * n_nodes * 4
+    assert frames == (n_frames // block + 1) * block
+    assert most_buffered < chunk <= chunk + block
+    assert peak < 2 * 2**20, f"numpy/python allocations peaked at {peak / 2**20:.1f} MiB"
+    rss_growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
+    assert rss_growth < raw / 3, f"peak RSS grew by {rss_growth / 2**20:.0f} MiB for {raw / 2**20:.0f} MiB"
+    with open_trajectory(tmp_path / "big.h5") as t:
+        assert t.n_frames() == frames
+        np.testing.assert_array_equal(t.steps(), np.arange(frames))
+        np.testing.assert_array_equal(t.phase()[-block:], base + np.float32(1e-3 * (n_frames // block)))
+
+
+def test_writes_are_chunk_aligned_after_partial_flush(tmp_path):
+    with TrajectoryWriter(tmp_path / "a.h5") as w:
+        w.add_particles(
+            "oscillators", n_replicas=4, n_nodes=4096, observables={"order_parameter": ((), float)}
+        )
+        cf = w.chunk_frames("oscillators")
+        assert cf == 4
+        _append_range(w, "oscillators", 0, 3, 3, 4, 4096)
+        w.flush()  # partial chunk: 3 frames on disk
+        assert w.buffered_frames("oscillators") == 0
+        _append_range(w, "oscillators", 3, 4, 1, 4, 4096)
+        assert w.buffered_frames("oscillators") == 0  # frame 3 completed the chunk boundary
+        _append_range(w, "oscillators", 4, 15, 11, 4, 4096)
+        assert w.buffered_frames("oscillators") == 3  # 8 frames went straight to disk, 3 wait
+    with open_trajectory(tmp_path / "a.h5") as t:
+        np.testing.assert_array_equal(t.phase()[()], _frames(0, 15, 4, 4096)[2])
+
+
+def test_flush_frames_flushes_automatically(tmp_path):
+    with TrajectoryWriter(tmp_path / "a.h5", flush_frames=10) as w:
+        w.add_particles("oscillators", n_replicas=1, n_nodes=3)
+        _append_range(w, "oscillators", 0, 9, 9, 1, 3, with_r=False)
+        assert w.buffered_frames("oscillators") == 9
+        _append_range(w, "oscillators", 9, 12, 3, 1, 3, with_r=False)
+        assert w.buffered_frames("oscillators") == 0
+
+
+@pytest.mark.parametrize("compression", ["lzf", "gzip", "none"])
+def test_compression_options(tmp_path, compression):
+    path = tmp_path / f"{compression}.h5"
+    with TrajectoryWriter(path, compression=compression) as w:
+        w.add_particles("oscillators", n_replicas=2, n_nodes=32, observables={"order_parameter": ((), float)})
+        _append_range(w, "oscillators", 0, 100, 9, 2, 32)
+    with open_trajectory(path) as t:
+        assert t.phase().compression == {"none": None}.get(compression, compression)
+        assert t.phase().shuffle is (compression != "none")
+        np.testing.assert_array_equal(t.phase()[()], _frames(0, 100, 2, 32)[2])
+        np.testing.assert_array_equal(t.observable("order_parameter")[()], _frames(0, 100, 2, 32)[3])
+    with pytest.raises(ValueError, match="compression='zstd' is not allowed"):
+        TrajectoryWriter(tmp_path / "x.h5", compression="zstd")
+
+
+# ------------------------------------------------------------------------------------ crash and resume
+
+
+def test_killed_run_is_readable_up_to_last_flush(tmp_path):
+    path = tmp_path / "killed.h5"
+    proc = _run_python(f"""
+        import os, signal
+        import numpy as np
+        from lotsim.io import TrajectoryWriter
+        from test_h5md import _append_range
+        w = TrajectoryWriter({str(path)!r})
+        obs = {{"order_parameter": ((), float)}}
+        w.add_particles("oscillators", n_replicas=2, n_nodes=16, observables=obs)
+        for a in range(0, 105, 35):
+            _append_range(w, "oscillators", a, a + 35, 7, 2, 16)
+            w.flush()
+        w.write_state(np.full((2, 16), 1.5), step=1040, time=5.2, extra={{"rng": b"\\x00\\x01seed"}})
+        _append_range(w, "oscillators", 105, 118, 13, 2, 16)  # buffered, never flushed
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert proc.returncode == -9, proc.stderr
+    with open_trajectory(path) as t:
+        assert t.n_frames() == 105
+        steps, times, phase, r = _frames(0, 105, 2, 16)
+        np.testing.assert_array_equal(t.steps(), steps)
+        np.testing.assert_array_equal(t.phase()[()], phase)
+        np.testing.assert_array_equal(t.observable("order_parameter")[()], r)
+    state = read_state(path)
+    assert (state.step, state.time, state.frames_written) == (1040, 5.2, {"oscillators": 105})
+    np.testing.assert_array_equal(state.theta, np.full((2, 16), 1.5))
+    assert state.velocity is None and state.extra == {"rng": b"\x00\x01seed"}
+
+
+def _uninterrupted(path, n_frames):
+    with TrajectoryWriter(path) as w:
+        w.add_particles("oscillators", n_replicas=3, n_nodes=40, observables={"order_parameter": ((), float)})
+        w.add_particles("layer_00", n_replicas=1, n_nodes=4)
+        _append_range(w, "oscillators", 0, n_frames, 5, 3, 40)
+        _append_range(w, "layer_00", 0, n_frames, 5, 1, 4, with_r=False)
+
+
+def _assert_same_frames(a, b):
+    with open_trajectory(a) as ta, open_trajectory(b) as tb:
+        for g in ("oscillators", "layer_00"):
+            np.testing.assert_array_equal(ta.steps(g), tb.steps(g))
+            np.testing.assert_array_equal(ta.times(g), tb.times(g))
+            np.testing.assert_array_equal(ta.phase(g)[()], tb.phase(g)[()])
+        np.testing.assert_array_equal(
+            ta.observable("order_parameter")[()], tb.observable("order_parameter")[()]
+        )
+        assert ta.phase().chunks == tb.phase().chunks
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    ref, run = tmp_path / "ref.h5", tmp_path / "run.h5"
+    _uninterrupted(ref, 100)
+
+    with TrajectoryWriter(run) as w:
+        w.add_particles("oscillators", n_replicas=3, n_nodes=40, observables={"order_parameter": ((), float)})
+        w.add_particles("layer_00", n_replicas=1, n_nodes=4)
+        _append_range(w, "oscillators", 0, 40, 5, 3, 40)
+        _append_range(w, "layer_00", 0, 40, 5, 1, 4, with_r=False)
+        theta = np.random.default_rng(1).random((3, 40))
+        w.write_state(theta, step=390, time=1.95, velocity=-theta, extra={"counter": np.int64(4)})
+        _append_range(w, "oscillators", 40, 47, 7, 3, 40)  # frames past the checkpoint: to be dropped
+        _append_range(w, "layer_00", 40, 43, 3, 1, 4, with_r=False)
+        w.flush()
+
+    state = read_state(run)
+    assert (state.step, state.time) == (390, 1.95)
+    np.testing.assert_array_equal(state.theta, theta)
+    np.testing.assert_array_equal(state.velocity, -theta)
+    assert state.extra["counter"] == 4
+    with TrajectoryWriter(run, mode="a") as w:
+        assert w.frames_written("oscillators") == 47
+        w.truncate_after(state.step)
+        assert w.frames_written("oscillators") == w.frames_written("layer_00") == 40
+        with pytest.raises(ValueError, match="steps must increase"):
+            w.append("oscillators", *_frames(39, 40, 3, 40)[:3], {"order_parameter": np.zeros((1, 3))})
+        _append_range(w, "oscillators", 40, 100, 5, 3, 40)
+        _append_range(w, "layer_00", 40, 100, 5, 1, 4, with_r=False)
+    _assert_same_frames(ref, run)
+
+
+def test_resume_after_sigkill(tmp_path):
+    ref, run = tmp_path / "ref.h5", tmp_path / "run.h5"
+    _uninterrupted(ref, 60)
+    proc = _run_python(f"""
+        import os, signal
+        import numpy as np
+        from lotsim.io import TrajectoryWriter
+        from test_h5md import _append_range
+        w = TrajectoryWriter({str(run)!r})
+        obs = {{"order_parameter": ((), float)}}
+        w.add_particles("oscillators", n_replicas=3, n_nodes=40, observables=obs)
+        w.add_particles("layer_00", n_replicas=1, n_nodes=4)
+        _append_range(w, "oscillators", 0, 30, 5, 3, 40)
+        _append_range(w, "layer_00", 0, 30, 5, 1, 4, with_r=False)
+        w.write_state(np.zeros((3, 40)), step=290, time=1.45)
+        _append_range(w, "oscillators", 30, 33, 3, 3, 40)
+        _append_range(w, "layer_00", 30, 31, 1, 1, 4, with_r=False)
+        w.flush()
+        _append_range(w, "oscillators", 33, 35, 2, 3, 40)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert proc.returncode == -9, proc.stderr
+    state = read_state(run)
+    with TrajectoryWriter(run, mode="a") as w:
+        w.add_particles("oscillators", n_replicas=3, n_nodes=40, observables={"order_parameter": ((), float)})
+        with pytest.raises(ValueError, match="has \\(R, N, dtype\\)"):
+            w.add_particles("oscillators", n_replicas=3, n_nodes=41)
+        w.truncate_after(state.step)
+        _append_range(w, "oscillators", 30, 60, 5, 3, 40)
+        _append_range(w, "layer_00", 30, 60, 5, 1, 4, with_r=False)
+    _assert_same_frames(ref, run)
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def test_open_errors_are_one_line_and_name_the_path(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not hdf5\n")
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as f:
+        f["x"] = np.arange(3)
+    old = tmp_path / "old.h5"
+    with h5py.File(old, "w") as f:
+        f.create_group("h5md").attrs["version"] = [1, 0]
+    missing = tmp_path / "missing.h5"
+    for path, why in [
+        (text, "not an HDF5 file"),
+        (plain, "no /h5md group"),
+        (old, "version \\[1, 0\\]"),
+        (missing, "no such file"),
+    ]:
+        for opener in (open_trajectory, read_state):
+            with pytest.raises(H5MDFormatError, match=why) as info:
+                opener(path)
+            assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert issubclass(H5MDFormatError, ValueError)
+
+    nostate = tmp_path / "nostate.h5"
+    with TrajectoryWriter(nostate) as w:
+        w.add_particles("oscillators", n_replicas=1, n_nodes=2)
+    with pytest.raises(H5MDFormatError, match="no /lotsim/state"):
+        read_state(nostate)
+
+
+def test_writer_refuses_bad_input(tmp_path):
+    path = tmp_path / "a.h5"
+    with TrajectoryWriter(path) as w:
+        w.add_particles("oscillators", n_replicas=2, n_nodes=3, observables={"order_parameter": ((), float)})
+        steps, times, phase, r = _frames(0, 4, 2, 3)
+        with pytest.raises(ValueError, match="phase \\[k, 2, 3\\]"):
+            w.append("oscillators", steps, times, phase[:, :1], {"order_parameter": r})
+        with pytest.raises(ValueError, match="observables given"):
+            w.append("oscillators", steps, times, phase)
+        with pytest.raises(ValueError, match="increase strictly"):
+            w.append("oscillators", steps[::-1], times, phase, {"order_parameter": r})
+        with pytest.raises(KeyError, match="no particles group"):
+            w.append("layer_00", steps, times, phase)
+        with pytest.raises(ValueError, match="node_data\\['omega'\\] has shape"):
+            w.add_particles("layer_00", n_replicas=2, n_nodes=3, node_data={"omega": np.zeros(4)})
+        with pytest.raises(ValueError, match="reserved"):
+            w.add_particles("layer_00", n_replicas=2, n_nodes=3, node_data={"phase": np.zeros(3)})
+        with pytest.raises(ValueError, match="outside"):
+            w.add_particles("layer_00", n_replicas=2, n_nodes=3, edges=np.array([[0, 3]]))
+        with pytest.raises(ValueError, match="already exists"):
+            w.add_particles("order_parameter", n_replicas=1, n_nodes=1, observables={"r": ((), float)})
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        TrajectoryWriter(path)
+    TrajectoryWriter(path, overwrite=True).close()
+    with pytest.raises(FileNotFoundError):
+        TrajectoryWriter(tmp_path / "missing.h5", mode="a")
+
+
+def test_exception_inside_with_still_leaves_readable_file(tmp_path):
+    path = tmp_path / "a.h5"
+    with pytest.raises(RuntimeError), TrajectoryWriter(path) as w:
+        w.add_particles("oscillators", n_replicas=1, n_nodes=8)
+        _append_range(w, "oscillators", 0, 11, 11, 1, 8, with_r=False)
+        raise RuntimeError("simulated failure")
+    with open_trajectory(path) as t:
+        assert t.n_frames() == 11
+
+
+# ----------------------------------------------------------------------------------- boundaries, xarray
+
+
+def test_io_does_not_import_torch():
+    proc = _run_python("import sys, lotsim.io; print('torch' in sys.modules)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_xarray_sees_named_dimensions(tmp_path):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    path = tmp_path / "x.h5"
+    with TrajectoryWriter(path) as w:
+        w.add_particles(
+            "oscillators",
+            n_replicas=3,
+            n_nodes=6,
+            node_data={"natural_frequency": np.ones((3, 6))},
+            replica_data={"coupling": np.arange(3.0)},
+            observables={"order_parameter": ((), float)},
+        )
+        _append_range(w, "oscillators", 0, 20, 6, 3, 6)
+    with xr.open_dataset(path, engine="h5netcdf", group="particles/oscillators/phase") as ds:
+        assert ds["value"].dims == ("time", "replica", "node")
+        assert dict(ds.sizes) == {"time": 20, "replica": 3, "node": 6}
+        np.testing.assert_array_equal(ds["time"].values, _frames(0, 20, 3, 6)[1])
+        np.testing.assert_array_equal(ds["value"].values, _frames(0, 20, 3, 6)[2])
+    with xr.open_dataset(path, engine="h5netcdf", group="observables/order_parameter") as ds:
+        assert ds["value"].dims == ("time", "replica")
+    with xr.open_dataset(path, engine="h5netcdf", group="particles/oscillators") as ds:
+        assert ds["natural_frequency"].dims == ("replica", "node")
+        assert ds["coupling"].dims == ("replica",)

@@ -1,0 +1,229 @@
+"""`lotsim simulate` through typer's CliRunner: options, JSON, files, resume, blow-up, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lotsim.cli import app
+from lotsim.io import open_trajectory
+
+runner = CliRunner()
+SMALL = ["--topology", "square", "--shape", "8x8", "--coupling", "0:2:3", "--steps", "60", "--save-every", "5",
+         "--normalization", "degree"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def run_json(tmp_path, *args, name="run.h5"):
+    out = tmp_path / name
+    result = invoke("simulate", *args, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), out
+
+
+def test_version_and_help_are_fast_and_do_not_import_torch():
+    code = "import sys; from lotsim.cli import app; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("lotsim ")
+
+
+def test_json_summary_and_h5md_file(tmp_path):
+    summary, out = run_json(tmp_path, *SMALL, "--replicas", "2")
+    assert summary["n"] == 64 and summary["replicas"] == 6 and summary["steps"] == 60
+    assert summary["coupling"] == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0] and summary["seed"] == [0, 1, 0, 1, 0, 1]
+    assert len(summary["r_final"]) == 6 and all(0 <= r <= 1 for r in summary["r_mean"])
+    with open_trajectory(out) as traj:
+        phase = traj.phase()
+        assert phase.shape == (13, 6, 64)  # frames at steps 0, 5, ..., 60
+        assert list(traj.steps()) == list(range(0, 61, 5))
+        assert np.allclose(traj.times(), np.arange(0, 61, 5) * 0.05)
+        r = traj.observable("order_parameter")[()]
+        assert np.allclose(r[-1], summary["r_final"])
+        assert traj.parameters["recipe_toml"].startswith("name = ")
+        assert np.array_equal(traj.replica_data("coupling"), summary["coupling"])
+    with h5py.File(out) as f:
+        assert list(f["h5md"].attrs["version"]) == [1, 1]
+        assert f["parameters"].attrs["lotsim_version"]
+    assert (out.parent / "recipe.resolved.toml").is_file()
+
+
+def test_frames_agree_with_the_stored_order_parameter(tmp_path):
+    _, out = run_json(tmp_path, *SMALL)
+    with open_trajectory(out) as traj:
+        theta = traj.phase()[()]
+        r = traj.observable("order_parameter")[()]
+    assert np.allclose(np.abs(np.exp(1j * theta).mean(-1)), r, atol=1e-12)
+
+
+def test_batched_sweep_equals_runs_one_by_one(tmp_path):
+    base = ["--topology", "ring", "--n", "32", "--steps", "40", "--save-every", "10", "--freq-dist", "gaussian",
+            "--normalization", "none", "--backend", "torch"]
+    _, batched = run_json(tmp_path, *base, "--coupling", "0.5,1.5", name="b.h5")
+    for i, k in enumerate([0.5, 1.5]):
+        _, single = run_json(tmp_path, *base, "--coupling", str(k), name=f"s{i}.h5")
+        with open_trajectory(batched) as a, open_trajectory(single) as b:
+            assert np.array_equal(a.phase()[:, i], b.phase()[:, 0])
+
+
+def test_same_seed_gives_the_same_file_bit_for_bit(tmp_path):
+    _, a = run_json(tmp_path, *SMALL, "--noise", "0.1", "--integrator", "heun", name="a.h5")
+    _, b = run_json(tmp_path, *SMALL, "--noise", "0.1", "--integrator", "heun", name="b.h5")
+    assert a.read_bytes() == b.read_bytes()
+    _, c = run_json(tmp_path, *SMALL, "--noise", "0.1", "--integrator", "heun", "--seed", "1", name="c.h5")
+    with open_trajectory(a) as fa, open_trajectory(c) as fc:
+        assert not np.array_equal(fa.phase()[-1], fc.phase()[-1])
+
+
+def _run_until_killed(out, steps, kill_at_step):
+    """Run a simulation in a child process that SIGKILLs itself after ``kill_at_step``."""
+    code = f"""
+import os
+from lotsim.config import SimulationRecipe, load_recipe
+from lotsim.simulation import run_simulation
+recipe = load_recipe(SimulationRecipe, updates={{"lattice.topology": "ring", "lattice.n": 64, "dynamics.steps": {steps},
+    "dynamics.coupling": 1.0, "dynamics.noise": 0.05, "dynamics.integrator": "heun", "output.save_every": 2,
+    "dynamics.backend": "torch"}})
+def progress(step, total):
+    if step >= {kill_at_step}:
+        os.kill(os.getpid(), 9)
+run_simulation(recipe, {str(out)!r}, progress=progress)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()
+
+
+def test_killed_run_is_readable_and_resume_is_bit_identical(tmp_path):
+    from lotsim.config import SimulationRecipe, load_recipe
+    from lotsim.simulation import run_simulation
+
+    steps = 3000  # 1501 frames of 64 float64: several chunks, so the kill lands between checkpoints
+    killed = tmp_path / "killed.h5"
+    _run_until_killed(killed, steps, kill_at_step=2100)
+    with open_trajectory(killed) as traj:
+        frames = traj.n_frames()
+        assert 0 < frames < steps // 2 + 1
+        assert np.all(np.isfinite(traj.phase()[()]))
+
+    recipe = load_recipe(SimulationRecipe, updates={
+        "lattice.topology": "ring", "lattice.n": 64, "dynamics.steps": steps, "dynamics.coupling": 1.0,
+        "dynamics.noise": 0.05, "dynamics.integrator": "heun", "output.save_every": 2, "dynamics.backend": "torch"})
+    run_simulation(recipe, killed, resume=True)
+    straight = tmp_path / "straight.h5"
+    run_simulation(recipe, straight)
+    with open_trajectory(killed) as a, open_trajectory(straight) as b:
+        assert np.array_equal(a.steps(), b.steps())
+        assert np.array_equal(a.phase()[()], b.phase()[()])
+        assert np.array_equal(a.observable("order_parameter")[()], b.observable("order_parameter")[()])
+
+
+def test_resume_through_the_cli_refuses_a_missing_file(tmp_path):
+    result = invoke("simulate", *SMALL, "--out", tmp_path / "nothing.h5", "--resume")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    _, out = run_json(tmp_path, *SMALL)
+    result = invoke("simulate", *SMALL, "--out", out)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert invoke("simulate", *SMALL, "--out", out, "--overwrite").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--topology", "ring", "--n", "20", "--init", "twisted", "--twist", "2", "--integrator", "euler"],
+        ["--topology", "triangular", "--shape", "4x6", "--open", "--weights", "exp", "--lattice-constant", "2"],
+        ["--topology", "hexagonal", "--shape", "3x4", "--frustration", "0.3", "--harmonics", "1,0.5"],
+        ["--topology", "square", "--shape", "8x8", "--init", "vortex", "--inertia", "0.5", "--dtype", "float32"],
+        ["--topology", "small-world", "--n", "40", "--freq-dist", "uniform", "--freq-sampling", "random"],
+        ["--topology", "complete", "--n", "50", "--freq-dist", "gaussian", "--freq-width", "0.2", "--dt", "0.1"],
+        ["--topology", "erdos-renyi", "--n", "40", "--noise", "0.2", "--integrator", "heun", "--compression", "gzip"],
+        ["--topology", "hypercubic", "--shape", "4x4x4", "--init", "sync", "--backend", "torch"],
+        ["--topology", "random-regular", "--n", "20", "--freq-dist", "constant", "--freq-mean", "1.0"],
+    ],
+)
+def test_option_groups_run(tmp_path, options):
+    summary, out = run_json(tmp_path, *options, "--steps", "20", "--save-every", "10", "--coupling", "1.0")
+    assert all(np.isfinite(summary["r_final"]))
+    with open_trajectory(out) as traj:
+        assert traj.n_frames() == 3
+
+
+def test_recipe_file_with_set_overrides(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "demo"\n[lattice]\ntopology = "ring"\nn = 16\n[dynamics]\nsteps = 10\n'
+                      'coupling = 2.0\n')
+    summary, out = run_json(tmp_path, recipe, "--set", "dynamics.coupling=0.5", "--set", "lattice.n=24")
+    assert summary["n"] == 24 and summary["coupling"] == [0.5]
+
+
+def test_file_inputs_frequencies_initial_state_and_edges(tmp_path):
+    np.save(tmp_path / "omega.npy", np.linspace(-1, 1, 6))
+    np.save(tmp_path / "theta.npy", np.zeros(6))
+    (tmp_path / "edges.txt").write_text("0 1 1.0\n1 2 1.0\n2 3 1.0\n3 4 1.0\n4 5 1.0\n5 0 1.0\n")
+    summary, out = run_json(tmp_path, "--topology", "edgelist", "--lattice-file", tmp_path / "edges.txt",
+                            "--freq-dist", "file", "--freq-file", tmp_path / "omega.npy", "--init",
+                            tmp_path / "theta.npy", "--steps", "10", "--coupling", "1")
+    with open_trajectory(out) as traj:
+        assert np.array_equal(traj.phase()[0, 0], np.zeros(6))
+        assert np.allclose(traj.node_data("natural_frequency")[0], np.linspace(-1, 1, 6))
+    # continue from the previous run's last state
+    summary2, out2 = run_json(tmp_path, "--topology", "edgelist", "--lattice-file", tmp_path / "edges.txt",
+                              "--freq-dist", "file", "--freq-file", tmp_path / "omega.npy", "--init", out,
+                              "--steps", "10", "--coupling", "1", name="next.h5")
+    with open_trajectory(out) as a, open_trajectory(out2) as b:
+        assert np.array_equal(a.phase()[-1], b.phase()[0])
+
+
+def test_blow_up_stops_with_a_dt_hint_and_a_readable_file(tmp_path):
+    out = tmp_path / "boom.h5"
+    result = invoke("simulate", "--topology", "ring", "--n", "16", "--inertia", "0.01", "--dt", "1.0", "--steps",
+                    "4000", "--save-every", "10", "--coupling", "1", "--out", out)
+    assert result.exit_code == 1
+    assert "smaller" in result.stderr or "--dt" in result.stderr
+    with open_trajectory(out) as traj:
+        assert traj.n_frames() >= 1
+        assert np.all(np.isfinite(traj.phase()[()]))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--topology", "hex", "--n", "4"], "lattice.topology"),
+        (["--topology", "square", "--shape", "4x4", "--n", "10"], "does not match"),
+        (["--dt", "-0.1"], "dynamics.dt"),
+        (["--steps", "0"], "dynamics.steps"),
+        (["--integrator", "rk5"], "dynamics.integrator"),
+        (["--normalization", "mean"], "dynamics.normalization"),
+        (["--coupling", "1:2:x"], "coupling"),
+        (["--shape", "ax3", "--topology", "square"], "shape"),
+        (["--set", "dynamics.copling=2"], "did you mean 'coupling'"),
+        (["--freq-dist", "file"], "frequencies.file"),
+        (["--init", "/nonexistent/phases.npy"], "does not exist"),
+        (["--noise", "0.1", "--integrator", "rk4"], "heun"),
+        (["--device", "cuda"], "cuda"),
+        (["/nonexistent/recipe.toml"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+    steps = [] if "--steps" in args else ["--steps", "5"]
+    result = invoke("simulate", *args, *steps, "--out", tmp_path / "x.h5")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_resume_refuses_a_different_recipe(tmp_path):
+    _, out = run_json(tmp_path, *SMALL)
+    result = invoke("simulate", *SMALL[:-2], "--normalization", "none", "--out", out, "--resume")
+    assert result.exit_code == 2 and "different recipe" in result.stderr
