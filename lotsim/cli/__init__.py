@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lotsim import __version__
+from lotsim.cli.export import export
 from lotsim.cli.simulate import simulate
 
 app = typer.Typer(
@@ -34,3 +35,4 @@ def main(
 
 
 app.command()(simulate)
+app.command()(export)
