@@ -14,9 +14,10 @@ machine load hits every arm alike):
   ``tensor_peak_mib`` — the peak of live tensor bytes during one forward + backward, from the
   torch profiler's memory timeline (every CPU allocation and free recorded by the allocator;
   counts inputs, activations, gradients, and transient buffers; independent of malloc caching);
-  ``rss_peak_mib`` — the rise of the peak resident set size (``getrusage``) over one forward +
-  backward in a fresh subprocess with ``MALLOC_MMAP_THRESHOLD_`` fixed so freed tensors go back
-  to the OS (a cross-check of the first, including everything the process touched);
+  ``rss_peak_mib`` — the rise of the peak resident set size over one forward + backward in a fresh
+  subprocess (Linux: the high-water mark VmHWM is reset through ``/proc/self/clear_refs`` just
+  before, and compared with VmRSS then), with ``MALLOC_MMAP_THRESHOLD_`` fixed so freed tensors go
+  back to the OS: a cross-check of the first that counts everything the process touched;
 * a profile (torch.profiler, self CPU time per op) of one layer step per arm at the main shape, to
   say where any extra time goes.
 
@@ -30,7 +31,7 @@ import argparse
 import json
 import os
 import platform
-import resource
+import re
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,9 @@ import torch  # noqa: E402
 from lotsim.model import LOTModel, ModelConfig  # noqa: E402
 from lotsim.model.rope import rope_tables  # noqa: E402
 
-DEFAULT_ARMS = "vanilla,lattice,lattice:score=\"multiplicative\",lattice:dynamics=\"sequence\""
+# lattice with n_steps=0 isolates the cost of the fused phase term from that of the dynamics
+DEFAULT_ARMS = ("vanilla,lattice,lattice:n_steps=0,lattice:score=\"multiplicative\","
+                "lattice:dynamics=\"sequence\"")
 
 
 def parse_arm(arm: str) -> tuple[str, dict]:
@@ -102,7 +105,7 @@ def interleaved_times(steps: dict, repeats: int, warmup: int) -> dict:
     for arm, s in samples.items():
         q1, med, q3 = statistics.quantiles(s, n=4)
         out[arm] = {"median_ms": statistics.median(s) * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
-                    "samples_ms": [v * 1e3 for v in s]}
+                    "min_ms": min(s) * 1e3, "samples_ms": [v * 1e3 for v in s]}
     return out
 
 
@@ -123,14 +126,18 @@ def tensor_peak_mib(step) -> float:
     return max(sum(s) for s in sizes) / 2**20
 
 
+def _status_kib(key: str) -> int:
+    return int(re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+
 def rss_peak_child(arm: str, args: argparse.Namespace, batch: int, seq: int) -> None:
     """In a fresh process: print the rise of peak RSS over one forward + backward (MiB)."""
     torch.set_num_threads(args.threads)
     step = layer_step(arm, args, batch, seq)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
+    before = _status_kib("VmRSS")
     step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"rss_peak_mib": (after - before) / 1024}))
+    print(json.dumps({"rss_peak_mib": (_status_kib("VmHWM") - before) / 1024}))
 
 
 def rss_peak_mib(arm: str, args: argparse.Namespace, batch: int, seq: int) -> float:
@@ -169,7 +176,8 @@ def main() -> None:
     parser.add_argument("--mem-seqs", default="256,512,1024,2048,4096")
     parser.add_argument("--mem-batch", type=int, default=8)
     parser.add_argument("--mem-arms", default="vanilla,lattice")
-    parser.add_argument("--no-rss", action="store_true", help="skip the subprocess RSS cross-check")
+    parser.add_argument("--no-rss", action="store_true",
+                        help="skip the subprocess RSS cross-check (it needs Linux /proc)")
     parser.add_argument("--profile-top", type=int, default=12)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attention.json")
     parser.add_argument("--child-rss", help=argparse.SUPPRESS)
@@ -183,20 +191,24 @@ def main() -> None:
     arms = args.arms.split(",")
     baseline = arms[0]
     shape = f"B={args.batch} T={args.seq} D={args.d_model} H={args.heads}"
+    load_start = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}; {shape}", flush=True)
+          f"load average {load_start:.2f}; {shape}", flush=True)
 
     layer = interleaved_times({a: layer_step(a, args, args.batch, args.seq) for a in arms},
                               args.repeats, args.warmup)
     model = interleaved_times({a: model_step(a, args, args.batch, args.seq) for a in arms},
                               max(args.repeats // 2, 3), args.warmup)
-    print(f"\nforward + backward, median of {args.repeats} (IQR), ratio to {baseline}")
-    print(f"{'arm':44s} {'layer ms':>10s} {'IQR':>15s} {'ratio':>7s} {'2-layer model ms':>17s} {'ratio':>7s}")
+    print(f"\nforward + backward ms, median (IQR) [min], ratio of medians [of minima] to {baseline}")
+    print(f"{'arm':42s} {'layer':>30s} {'ratio':>14s} {'2-layer model':>30s} {'ratio':>14s}")
     for a in arms:
-        lt, mt = layer[a], model[a]
-        print(f"{a:44s} {lt['median_ms']:10.1f} {lt['q1_ms']:7.1f}-{lt['q3_ms']:<7.1f} "
-              f"{lt['median_ms'] / layer[baseline]['median_ms']:7.3f} {mt['median_ms']:17.1f} "
-              f"{mt['median_ms'] / model[baseline]['median_ms']:7.3f}", flush=True)
+        cells = []
+        for res in (layer, model):
+            r = res[a]
+            cells.append(f"{r['median_ms']:7.1f} ({r['q1_ms']:6.1f}-{r['q3_ms']:6.1f}) [{r['min_ms']:6.1f}]")
+            cells.append(f"{r['median_ms'] / res[baseline]['median_ms']:6.3f} "
+                         f"[{r['min_ms'] / res[baseline]['min_ms']:5.3f}]")
+        print(f"{a:42s} {cells[0]:>30s} {cells[1]:>14s} {cells[2]:>30s} {cells[3]:>14s}", flush=True)
 
     mem_arms = args.mem_arms.split(",")
     seqs = [int(s) for s in args.mem_seqs.split(",") if s]
@@ -228,13 +240,15 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
-                    "load_average_end": os.getloadavg()[0]},
+                    "load_average_start": load_start, "load_average_end": os.getloadavg()[0]},
         "shape": {"batch": args.batch, "seq": args.seq, "d_model": args.d_model, "heads": args.heads},
         "baseline": baseline,
         "layer_time": layer,
         "model_time": model,
         "layer_time_ratio": {a: layer[a]["median_ms"] / layer[baseline]["median_ms"] for a in arms},
         "model_time_ratio": {a: model[a]["median_ms"] / model[baseline]["median_ms"] for a in arms},
+        "layer_time_ratio_of_minima": {a: layer[a]["min_ms"] / layer[baseline]["min_ms"] for a in arms},
+        "model_time_ratio_of_minima": {a: model[a]["min_ms"] / model[baseline]["min_ms"] for a in arms},
         "memory": {"batch": args.mem_batch, "by_arm": memory},
         "profile": profiles,
     }

@@ -57,6 +57,15 @@ MODES: dict[str, list[dict]] = {
 OFF_SWITCH: dict[str, dict] = {"lattice": {"gain": 0.0}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's other load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cases() -> list:
     cases = []
     for name in available_attentions():

@@ -5,11 +5,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from lotsim.model import available_attentions, unregister_attention
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "model.md"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_model_docs_examples_run(monkeypatch, tmp_path, capsys):

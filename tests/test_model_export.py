@@ -27,6 +27,14 @@ class _Logits(torch.nn.Module):
         return self.model(idx).logits
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [
     {}, {"dynamics": "sequence", "score": "multiplicative", "method": "euler", "n_steps": 2}])
