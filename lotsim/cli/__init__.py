@@ -8,8 +8,11 @@ from typing import Annotated
 import typer
 
 from lotsim import __version__
+from lotsim.cli.compare import compare
+from lotsim.cli.eval import eval_
 from lotsim.cli.export import export
 from lotsim.cli.simulate import simulate
+from lotsim.cli.train import train
 
 app = typer.Typer(
     help="lotsim: Lattice Oscillator Transformers and a fast, tested Kuramoto lattice simulator.",
@@ -35,4 +38,7 @@ def main(
 
 
 app.command()(simulate)
+app.command()(train)
+app.command(name="eval")(eval_)
 app.command()(export)
+app.command()(compare)
