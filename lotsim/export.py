@@ -126,10 +126,10 @@ class CheckpointContents:
         path: the file read.
         config: the model config.
         state_dict: the model weights.
-        recipe: the resolved recipe as TOML text (training checkpoints), else None.
+        recipe: the resolved recipe as TOML text, or None (a model built in Python).
         vocabulary: ``{"kind": "char"|"byte"|"tokens", "itos": [...] or None, "join": str}`` or None
             (see :func:`vocabulary_from_recipe`).
-        step: optimiser steps of a training checkpoint, else None.
+        step: optimiser steps done when the checkpoint was written, or None.
     """
 
     path: Path
@@ -141,65 +141,39 @@ class CheckpointContents:
 
 
 def read_checkpoint(checkpoint: str | Path) -> CheckpointContents:
-    """Read a checkpoint: a training checkpoint (file or run folder) or a plain weights dict.
+    """Read a ``lotsim train`` checkpoint (a file, or a run folder: ``best.pt``, else ``last.pt``).
 
-    Two layouts are understood, through one path (find the ``[model]`` config, then the weights):
-
-    * ``lotsim train`` checkpoints (:mod:`lotsim.train.checkpoint`): ``format =
-      "lotsim-train-checkpoint"``, ``model`` (state dict) and ``recipe`` (resolved TOML, whose
-      ``[model]`` table is the config; the ``[task]`` table gives the vocabulary). A run folder
-      resolves to ``checkpoints/best.pt``, else ``last.pt``.
-    * a plain ``torch.save({"model_config": config.model_dump(), "model": state_dict})``.
+    The file is read with :func:`lotsim.train.checkpoint.load_checkpoint`; the model config is the
+    ``[model]`` table of the resolved recipe stored in it (only that table is validated, so a char-LM
+    checkpoint exports on a machine without its corpus), the weights are ``model``, and the
+    ``[task]`` table gives the vocabulary (:func:`vocabulary_from_recipe`) unless the checkpoint
+    stores one under ``vocabulary``.
 
     Raises:
         FileNotFoundError: the file (or a checkpoint in the folder) does not exist.
-        ValueError: not a checkpoint, no model config in it, or a config that does not validate.
+        ValueError: not a lotsim checkpoint, or a stored config that does not validate (one line).
     """
-    path = _resolve_checkpoint(checkpoint)
+    from lotsim.train.checkpoint import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    state = load_checkpoint(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a file that is not a torch pickle
-        raise ValueError(f"{str(path)!r} is not a readable checkpoint ({type(err).__name__})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{str(path)!r} is not a lotsim checkpoint (it holds a {type(state).__name__}, "
-                         f"not a dict)")
-    recipe = state.get("recipe")
-    if isinstance(recipe, str):
-        try:
-            recipe_table = tomllib.loads(recipe)
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{str(path)!r}: the stored recipe is not valid TOML ({err})") from None
-        config_dict = recipe_table.get("model")
-    else:
-        recipe, recipe_table = None, {}
-        config_dict = state.get("model_config")
-    weights = state.get("model")
+        recipe_table = tomllib.loads(state["recipe"])
+    except (KeyError, TypeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"{str(path)!r} holds no readable recipe ({type(err).__name__}: {err})") from None
+    config_dict, weights = recipe_table.get("model"), state.get("model")
     if not isinstance(config_dict, Mapping) or not isinstance(weights, Mapping):
-        raise ValueError(f"{str(path)!r} is not a lotsim checkpoint: it needs 'model' weights and a model "
-                         f"config ('recipe' with a [model] table, or 'model_config'); found keys: "
-                         f"{', '.join(map(str, state)) or 'none'}")
+        raise ValueError(f"{str(path)!r} is not a model checkpoint: it needs 'model' weights and a recipe "
+                         f"with a [model] table")
     try:
         config = ModelConfig.model_validate(dict(config_dict))
     except ValueError as err:  # pydantic's ValidationError is a ValueError
-        first = str(err).splitlines()
-        raise ValueError(f"{str(path)!r}: the stored model config is invalid ({' '.join(first[:3])})") from None
+        lines = [line.strip() for line in str(err).splitlines()[1:3]]
+        raise ValueError(f"{str(path)!r}: the stored model config is invalid ({' '.join(lines)})") from None
     vocabulary = state.get("vocabulary") or vocabulary_from_recipe(recipe_table)
     step = state.get("step")
-    return CheckpointContents(path=path, config=config, state_dict=weights, recipe=recipe,
+    return CheckpointContents(path=path, config=config, state_dict=weights, recipe=state["recipe"],
                               vocabulary=vocabulary, step=int(step) if isinstance(step, int) else None)
-
-
-def _resolve_checkpoint(checkpoint: str | Path) -> Path:
-    path = Path(checkpoint)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        for name in ("best.pt", "last.pt"):
-            if (folder / name).is_file():
-                return folder / name
-        raise FileNotFoundError(f"no checkpoint (best.pt or last.pt) in {str(folder)!r}")
-    raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
 
 
 def build_model(contents: CheckpointContents) -> LOTModel:

@@ -37,13 +37,15 @@ from lotsim.export import (
     vocabulary_from_recipe,
 )
 from lotsim.model import LOTModel, ModelConfig, available_attentions
+from lotsim.train.checkpoint import save_checkpoint
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 runner = CliRunner()
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "onnx_generate.py"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "onnx_generate.py"
 COPY_REVERSE = {"kind": "copy_reverse", "length": 4, "n_symbols": 10, "seed": 0}  # vocab 11, seq_len 8
 SHAPES = [(1, 1), (2, 7), (3, 8), (5, 3)]
 
@@ -64,17 +66,10 @@ def tiny_model(config: ModelConfig, seed: int = 0) -> LOTModel:
 
 
 def training_checkpoint(path: Path, model: LOTModel, task: dict | None = None) -> Path:
-    """A checkpoint in ``lotsim train``'s layout (lotsim.train.checkpoint): recipe TOML + weights."""
+    """A checkpoint as ``lotsim train`` writes it (weights + the resolved recipe's TOML), without training."""
     recipe = {"name": "tiny", "seed": 0, "task": task or COPY_REVERSE,
               "model": model.config.model_dump(mode="json", exclude_none=True)}
-    torch.save({"format": "lotsim-train-checkpoint", "version": 1, "model": model.state_dict(),
-                "recipe": tomli_w.dumps(recipe), "step": 7}, path)
-    return path
-
-
-def plain_checkpoint(path: Path, model: LOTModel) -> Path:
-    torch.save({"model_config": model.config.model_dump(), "model": model.state_dict()}, path)
-    return path
+    return save_checkpoint(path, {"model": model.state_dict(), "recipe": tomli_w.dumps(recipe), "step": 7})
 
 
 def invoke(*args):
@@ -199,7 +194,7 @@ def test_example_script_generates_and_scores_without_torch(exported, tmp_path):
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
-    return plain_checkpoint(tmp_path_factory.mktemp("ck") / "plain.pt", tiny_model(tiny_config("vanilla", 1)))
+    return training_checkpoint(tmp_path_factory.mktemp("ck") / "last.pt", tiny_model(tiny_config("vanilla", 1)))
 
 
 def test_missing_checkpoint(tmp_path):
@@ -213,20 +208,23 @@ def test_not_a_checkpoint(tmp_path):
     assert_user_error(invoke(text, "-o", tmp_path / "m.onnx"), "not a readable checkpoint")
     tensor = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), tensor)
-    assert_user_error(invoke(tensor, "-o", tmp_path / "m.onnx"), "not a lotsim checkpoint")
-    wrong_keys = tmp_path / "wrong.pt"
-    torch.save({"weights": {}, "config": {}}, wrong_keys)
-    assert_user_error(invoke(wrong_keys, "-o", tmp_path / "m.onnx"), "not a lotsim checkpoint", "found keys")
-    bad_config = tmp_path / "bad_config.pt"
-    torch.save({"model_config": {"vocab_size": 11}, "model": {}}, bad_config)
-    assert_user_error(invoke(bad_config, "-o", tmp_path / "m.onnx"), "model config is invalid")
+    assert_user_error(invoke(tensor, "-o", tmp_path / "m.onnx"), "not a lotsim training checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, foreign)  # e.g. a Lightning checkpoint
+    assert_user_error(invoke(foreign, "-o", tmp_path / "m.onnx"), "not a lotsim training checkpoint")
+    no_recipe = save_checkpoint(tmp_path / "no_recipe.pt", {"model": {}})
+    assert_user_error(invoke(no_recipe, "-o", tmp_path / "m.onnx"), "no readable recipe")
+    no_model = save_checkpoint(tmp_path / "no_model.pt", {"model": {}, "recipe": 'name = "x"\n'})
+    assert_user_error(invoke(no_model, "-o", tmp_path / "m.onnx"), "not a model checkpoint", "[model]")
+    bad_config = save_checkpoint(tmp_path / "bad_config.pt", {"model": {}, "recipe": "[model]\nvocab_size = 11\n"})
+    assert_user_error(invoke(bad_config, "-o", tmp_path / "m.onnx"), "model config is invalid", "seq_len")
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_weights_that_do_not_fit_the_config(tmp_path):
-    model = tiny_model(tiny_config("vanilla", 1))
-    path = tmp_path / "mismatch.pt"
-    torch.save({"model_config": tiny_config("vanilla", 2).model_dump(), "model": model.state_dict()}, path)
+    path = training_checkpoint(tmp_path / "mismatch.pt", tiny_model(tiny_config("vanilla", 2)))
+    state = torch.load(path, weights_only=False)
+    save_checkpoint(path, {**state, "model": tiny_model(tiny_config("vanilla", 1)).state_dict()})
     assert_user_error(invoke(path, "-o", tmp_path / "m.onnx"), "weights do not match")
 
 
@@ -280,17 +278,27 @@ def test_library_checks():
     assert vocabulary_from_recipe({"task": {"kind": "custom"}}) is None and vocabulary_from_recipe({}) is None
 
 
-def test_both_checkpoint_layouts_load_the_same_model(tmp_path):
+def test_char_vocabulary_comes_from_the_task_file(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("hello world\n")
+    task = {"kind": "char_lm", "path": str(corpus), "level": "char"}
+    assert vocabulary_from_recipe({"task": task}) == {"kind": "char", "itos": sorted(set("hello world\n")),
+                                                      "join": ""}
+    assert vocabulary_from_recipe({"task": {**task, "path": str(tmp_path / "gone.txt")}}) is None
+
+
+def test_checkpoint_file_and_run_folder_load_the_same_model(tmp_path):
     model = tiny_model(tiny_config("lattice", 1, dynamics="sequence"))
-    for path in (training_checkpoint(tmp_path / "t.pt", model), plain_checkpoint(tmp_path / "p.pt", model)):
-        loaded, config = load_model_for_export(path)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    path = training_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", model)
+    for source in (path, tmp_path / "run"):
+        loaded, config = load_model_for_export(source)
         assert config == model.config and not loaded.training
         idx = torch.randint(0, 11, (2, 8))
         with torch.no_grad():
             assert torch.equal(loaded(idx).logits, model(idx).logits)
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    training_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", model)
-    assert read_checkpoint(tmp_path / "run").path.name == "best.pt"  # a run folder -> best.pt
+    contents = read_checkpoint(tmp_path / "run")
+    assert contents.path == path and contents.step == 7 and contents.vocabulary["kind"] == "tokens"
 
 
 # -------------------------------------------------------------------------------------------------
@@ -355,14 +363,14 @@ def test_sequence_mode_pt2_round_trip_with_shorter_max_length(tmp_path):
 @pytest.mark.parametrize("opset", [MIN_OPSET, MAX_OPSET])
 def test_opset_range_ends(tmp_path, opset):
     model = tiny_model(tiny_config("lattice", 1))
-    report = export_checkpoint(plain_checkpoint(tmp_path / "p.pt", model), tmp_path / "m.onnx", "onnx",
+    report = export_checkpoint(training_checkpoint(tmp_path / "p.pt", model), tmp_path / "m.onnx", "onnx",
                                opset=opset, shapes=SHAPES)
     assert report["opset"] == opset and report["ok"], report
 
 
 @pytest.mark.slow
 def test_tolerance_zero_fails_verification_for_real(tmp_path):
-    checkpoint = plain_checkpoint(tmp_path / "p.pt", tiny_model(tiny_config("lattice", 1)))
+    checkpoint = training_checkpoint(tmp_path / "p.pt", tiny_model(tiny_config("lattice", 1)))
     result = invoke(checkpoint, "-o", tmp_path / "m.onnx", "--tolerance", "0")
     assert result.exit_code == 1, result.output
     assert "verification failed" in result.stderr and (tmp_path / "m.onnx").is_file()
@@ -374,3 +382,27 @@ def test_forced_external_data_still_loads(tmp_path):
     model = tiny_model(tiny_config("vanilla", 1))
     path = export_onnx(model, tmp_path / "m.onnx", external_data=True)
     assert all(r["ok"] for r in verify_export(model, path, "onnx", SHAPES))
+
+
+@pytest.mark.slow
+def test_trained_char_model_end_to_end(tmp_path):
+    """lotsim train (a few steps on a tiny text) -> lotsim export RUN_DIR -> the example writes text."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 60)
+    run = tmp_path / "run"
+    train = runner.invoke(app, ["train", str(ROOT / "recipes" / "char_lm.toml"), "--set", f"task.path={corpus}",
+                                "--set", "task.seq_len=16", "--set", "model.d_model=16", "--set", "model.n_layers=1",
+                                "--set", "model.dropout=0.0", "--steps", "4", "--set", "train.batch_size=4",
+                                "--set", "train.eval_every=4", "--set", "train.eval_batches=1",
+                                "--set", "train.test_batches=1", "--set", "train.telemetry_every=0",
+                                "--set", "train.warmup_steps=1", "--set", "train.threads=1",
+                                "--set", "output.tensorboard=false", "--out", str(run), "--json"])
+    assert train.exit_code == 0, train.output
+    result = invoke(run, "-o", tmp_path / "char.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["seq_len"] == 16 and report["checkpoint"].endswith("best.pt")
+    vocabulary = json.loads(read_metadata(tmp_path / "char.onnx")["lotsim.vocabulary"])
+    assert vocabulary["kind"] == "char" and vocabulary["itos"] == sorted(set(corpus.read_text()))
+    got = _run_example(tmp_path / "char.onnx", "--prompt", "the quick", "--max-new-tokens", "20", cwd=tmp_path)
+    assert len(got["text"]) == 20 and set(got["text"]) <= set(vocabulary["itos"])
