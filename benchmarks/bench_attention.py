@@ -7,9 +7,11 @@ A script, not a test (design/performance.md section 2). Run from the repository 
 What it measures, side by side in one process (arms interleaved in every repeat, so drifting
 machine load hits every arm alike):
 
-* time: median (and interquartile range) of forward + backward of ONE attention layer on
-  x (B, T, D), and of a whole 2-layer model (vocab 256) on (B, T) tokens, after warm-up, with
-  ``torch.set_num_threads(threads)``;
+* time: median (and interquartile range, and minimum) of the wall time of forward + backward of
+  ONE attention layer on x (B, T, D), and of a whole 2-layer model (vocab 256) on (B, T) tokens,
+  after warm-up, with ``torch.set_num_threads(threads)``; plus the median process CPU time (all
+  threads), which time spent waiting for a busy machine's cores does not inflate (with
+  ``--threads 1`` it is the cleanest measure of work on a shared machine);
 * peak memory for T in ``--mem-seqs`` (attention layer alone), two ways:
   ``tensor_peak_mib`` — the peak of live tensor bytes during one forward + backward, from the
   torch profiler's memory timeline (every CPU allocation and free recorded by the allocator;
@@ -95,17 +97,20 @@ def interleaved_times(steps: dict, repeats: int, warmup: int) -> dict:
     for step in steps.values():
         for _ in range(warmup):
             step()
-    samples = {arm: [] for arm in steps}
+    wall = {arm: [] for arm in steps}
+    cpu = {arm: [] for arm in steps}
     for _ in range(repeats):
         for arm, step in steps.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
-            samples[arm].append(time.perf_counter() - t0)
+            wall[arm].append(time.perf_counter() - t0)
+            cpu[arm].append(time.process_time() - c0)
     out = {}
-    for arm, s in samples.items():
-        q1, med, q3 = statistics.quantiles(s, n=4)
+    for arm, s in wall.items():
+        q1, _, q3 = statistics.quantiles(s, n=4)
         out[arm] = {"median_ms": statistics.median(s) * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3,
-                    "min_ms": min(s) * 1e3, "samples_ms": [v * 1e3 for v in s]}
+                    "min_ms": min(s) * 1e3, "cpu_median_ms": statistics.median(cpu[arm]) * 1e3,
+                    "samples_ms": [v * 1e3 for v in s], "cpu_samples_ms": [v * 1e3 for v in cpu[arm]]}
     return out
 
 
@@ -199,16 +204,17 @@ def main() -> None:
                               args.repeats, args.warmup)
     model = interleaved_times({a: model_step(a, args, args.batch, args.seq) for a in arms},
                               max(args.repeats // 2, 3), args.warmup)
-    print(f"\nforward + backward ms, median (IQR) [min], ratio of medians [of minima] to {baseline}")
-    print(f"{'arm':42s} {'layer':>30s} {'ratio':>14s} {'2-layer model':>30s} {'ratio':>14s}")
-    for a in arms:
-        cells = []
-        for res in (layer, model):
-            r = res[a]
-            cells.append(f"{r['median_ms']:7.1f} ({r['q1_ms']:6.1f}-{r['q3_ms']:6.1f}) [{r['min_ms']:6.1f}]")
-            cells.append(f"{r['median_ms'] / res[baseline]['median_ms']:6.3f} "
-                         f"[{r['min_ms'] / res[baseline]['min_ms']:5.3f}]")
-        print(f"{a:42s} {cells[0]:>30s} {cells[1]:>14s} {cells[2]:>30s} {cells[3]:>14s}", flush=True)
+    print("\nforward + backward wall ms: median (IQR) [min] {median process CPU ms}; "
+          f"ratios to {baseline}: of medians [of minima] {{of CPU medians}}")
+    for title, res in (("one attention layer", layer), ("2-layer model", model)):
+        print(title)
+        for a in arms:
+            r, b = res[a], res[baseline]
+            print(f"  {a:42s} {r['median_ms']:8.1f} ({r['q1_ms']:7.1f}-{r['q3_ms']:7.1f}) "
+                  f"[{r['min_ms']:7.1f}] {{{r['cpu_median_ms']:8.1f}}}   "
+                  f"{r['median_ms'] / b['median_ms']:6.3f} "
+                  f"[{r['min_ms'] / b['min_ms']:5.3f}] {{{r['cpu_median_ms'] / b['cpu_median_ms']:5.3f}}}",
+                  flush=True)
 
     mem_arms = args.mem_arms.split(",")
     seqs = [int(s) for s in args.mem_seqs.split(",") if s]
@@ -245,10 +251,10 @@ def main() -> None:
         "baseline": baseline,
         "layer_time": layer,
         "model_time": model,
-        "layer_time_ratio": {a: layer[a]["median_ms"] / layer[baseline]["median_ms"] for a in arms},
-        "model_time_ratio": {a: model[a]["median_ms"] / model[baseline]["median_ms"] for a in arms},
-        "layer_time_ratio_of_minima": {a: layer[a]["min_ms"] / layer[baseline]["min_ms"] for a in arms},
-        "model_time_ratio_of_minima": {a: model[a]["min_ms"] / model[baseline]["min_ms"] for a in arms},
+        **{f"{kind}_{name}": {a: res[a][key] / res[baseline][key] for a in arms}
+           for kind, res in (("layer", layer), ("model", model))
+           for name, key in (("time_ratio", "median_ms"), ("time_ratio_of_minima", "min_ms"),
+                             ("cpu_time_ratio", "cpu_median_ms"))},
         "memory": {"batch": args.mem_batch, "by_arm": memory},
         "profile": profiles,
     }
