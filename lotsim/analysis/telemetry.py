@@ -37,7 +37,8 @@ def run_telemetry(run_dir: str | Path) -> dict[str, Any]:
     Returns:
         ``{"run_dir", "telemetry", "layers": {name: {"steps", "order_parameter",
         "order_parameter_sd", "head_token_coherence", "head_local_order" (or None), "heads",
-        "final_order_parameter"}}, "validation": {"steps", "loss"}}``; lists of floats, JSON-ready.
+        "final_order_parameter"}}, "validation": {"steps", "loss"}, "seed", "lotsim_version",
+        "git_commit", "recipe"}``; lists of floats, JSON-ready.
 
     Raises:
         ValueError: no telemetry file, or one without phase groups (one line).
@@ -51,6 +52,8 @@ def run_telemetry(run_dir: str | Path) -> dict[str, Any]:
                          f"(vanilla attention, or train.telemetry_every = 0)")
     layers: dict[str, Any] = {}
     with open_trajectory(path) as traj:
+        provenance = {key: traj.parameters.get(key) for key in ("seed", "lotsim_version", "git_commit")}
+        provenance["recipe"] = traj.recipe_toml
         groups = [g for g in traj.groups if g.startswith("layer_")]
         if not groups:
             raise ValueError(f"{str(path)!r} holds no layer_* phase groups")
@@ -70,7 +73,8 @@ def run_telemetry(run_dir: str | Path) -> dict[str, Any]:
                 "heads": int(phase.shape[2]),
                 "final_order_parameter": float(r[-1].mean()),
             }
-    return {"run_dir": str(folder), "telemetry": str(path), "layers": layers, "validation": _validation(folder)}
+    return {"run_dir": str(folder), "telemetry": str(path), "layers": layers, "validation": _validation(folder),
+            **provenance}
 
 
 def _validation(folder: Path) -> dict[str, list]:

@@ -66,8 +66,15 @@ def compare(
                                   f"seed={event['seed']}: {shown}", highlight=False)
                 bar.update(task_id, completed=event["index"])
 
-        report = run_comparison(base, arm_list, list(range(first, first + seeds)), folder, lrs=lrs,
-                                baseline=baseline, reference=reference, callback=on_event)
+        from lotsim.train.loop import TrainingInterrupted
+
+        try:
+            report = run_comparison(base, arm_list, list(range(first, first + seeds)), folder, lrs=lrs,
+                                    baseline=baseline, reference=reference, callback=on_event)
+        except TrainingInterrupted as err:
+            stderr.print(f"[yellow]interrupted[/yellow] at step {err.step} of {err.run_dir}. Rerun the same "
+                         f"command with --out {folder} to continue (finished runs are reused).", highlight=False)
+            raise typer.Exit(130) from None
     if json_:
         from lotsim.train.compare import _finite
 

@@ -56,7 +56,7 @@ def train(
             from lotsim.train.loop import default_run_dir
 
             run_dir = out if out is not None else default_run_dir(resolved)
-            if (run_dir / "checkpoints").exists() and main:
+            if (run_dir / "checkpoints").exists():
                 raise fail(f"run folder {str(run_dir)!r} already holds a run; continue it with --resume "
                            f"{run_dir} or choose another --out")
 

@@ -20,8 +20,8 @@ Arms are written ``ATTENTION`` or ``ATTENTION:ABLATION``; ablations (lattice att
 still learns), ``no-coupling`` (kappa = 0 and frozen: heads oscillate independently).
 
 Runs land in ``<out>/runs/<arm>/lr<lr>/seed<s>``; a finished run (``metrics.json`` present) is
-reused, so an interrupted comparison continues where it stopped. The report is ``report.json``,
-``report.md`` and ``comparison.png`` in ``<out>``.
+reused and an interrupted one resumed, so rerunning an interrupted comparison continues it. The
+report is ``report.json``, ``report.md`` and ``comparison.png`` in ``<out>``.
 """
 
 from __future__ import annotations
@@ -177,7 +177,10 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
     recipes, params = arm_recipes(base, arms, reference)
     emit = callback or (lambda event: None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.base.toml").write_text(recipe_to_toml(base))
+    stored, text = out_dir / "recipe.base.toml", recipe_to_toml(base)
+    if stored.is_file() and stored.read_text() != text:
+        raise ValueError(f"{str(out_dir)!r} holds a comparison of another recipe; choose another output folder")
+    stored.write_text(text)
 
     runs: dict[str, dict[float, list[dict]]] = {}
     total = len(arms) * len(lrs) * len(seeds)
@@ -193,11 +196,11 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
                 emit({"event": "run", "arm": arm.name, "lr": lr, "seed": seed, "index": done, "total": total,
                       "run_dir": str(run_dir)})
                 report_file = run_dir / "metrics.json"
-                if report_file.is_file():
-                    record = json.loads(report_file.read_text())
-                else:
-                    train(recipe, run_dir, callback=lambda e: emit({"event": "train", "train": e}))
-                    record = json.loads(report_file.read_text())
+                if not report_file.is_file():  # a run stopped half-way is resumed, a finished one reused
+                    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+                    train(None if resume else recipe, run_dir, resume=resume,
+                          callback=lambda e: emit({"event": "train", "train": e}))
+                record = json.loads(report_file.read_text())
                 runs[arm.name][lr].append({"seed": seed, "run_dir": str(run_dir), "test": _metrics_of(record),
                                            "validation_best": record["best"]["value"],
                                            "tokens_per_s": record["tokens_per_s"]})

@@ -102,7 +102,8 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, max_batc
 
     Returns:
         :func:`evaluate`'s metrics plus ``checkpoint``, ``step``, ``attention``, ``parameters``
-        (total, non_embedding), ``recipe_name``, ``seed``, ``wall_time_s``.
+        (total, non_embedding), ``recipe_name``, ``seed``, ``wall_time_s``, ``lotsim_version``,
+        ``git_commit`` and ``recipe`` (the checkpoint's resolved recipe, TOML text).
     """
     from lotsim.model import LOTModel, count_parameters
     from lotsim.tasks import build_task
@@ -121,7 +122,11 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, max_batc
     batches = max_batches if max_batches is not None else recipe.train.test_batches
     start = time.perf_counter()
     metrics = evaluate(model, task, split, batch_size=bs, max_batches=batches)
+    from lotsim import __version__
+    from lotsim.simulation import git_commit
+
     metrics.update(checkpoint=str(path), step=int(state["step"]), attention=recipe.model.attention,
                    parameters=count_parameters(model), recipe_name=recipe.name, seed=recipe.seed,
-                   wall_time_s=time.perf_counter() - start)
+                   wall_time_s=time.perf_counter() - start, lotsim_version=__version__, git_commit=git_commit(),
+                   recipe=state["recipe"])
     return metrics

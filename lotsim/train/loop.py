@@ -23,7 +23,7 @@ warm-up + cosine schedule. Every ``eval_every`` steps: validation metrics (never
 split), ``best.pt`` when ``best_metric`` improves; every ``checkpoint_every`` steps: ``last.pt``.
 At the end the best checkpoint is evaluated on the test split (``metrics.json``).
 
-Ctrl-C (SIGINT) finishes the current step, saves ``last.pt`` and raises
+Ctrl-C (SIGINT) or SIGTERM (preemption) finishes the current step, saves ``last.pt`` and raises
 :class:`TrainingInterrupted`; ``train(..., resume=True)`` (``lotsim train --resume RUN_DIR``)
 continues exactly: a resumed run's losses equal an uninterrupted run's.
 
@@ -108,6 +108,7 @@ class _Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owner: bool = False  # this call created the process group (and destroys it at the end)
 
     @property
     def main(self) -> bool:
@@ -120,10 +121,11 @@ def _setup_distributed(device_name: str) -> _Dist:
     if world <= 1:
         return _Dist()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
+    owner = not dist.is_initialized()
+    if owner:
         cuda = device_name != "cpu" and torch.cuda.is_available()
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return _Dist(rank, world, local)
+    return _Dist(rank, world, local, owner)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -210,15 +212,19 @@ def _git_commit() -> str:
 
 
 class _StopFlag:
-    """SIGINT sets a flag the loop checks between steps (a second Ctrl-C aborts at once)."""
+    """SIGINT (Ctrl-C) and SIGTERM (preemption, torchrun shutting down) set a flag the loop checks
+    between steps; a second signal aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous: dict = {}
 
     def __enter__(self):
         with contextlib.suppress(ValueError):  # not the main thread: no handler, Ctrl-C raises as usual
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -227,8 +233,8 @@ class _StopFlag:
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class _JsonLines:
@@ -236,7 +242,9 @@ class _JsonLines:
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
-        if resume_step is not None and path.is_file():
+        if resume_step is None:
+            path.write_text("")  # a fresh run starts a fresh log
+        elif path.is_file():
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             tmp = path.with_name(path.name + ".tmp")
@@ -403,7 +411,7 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
     model.train()
     try:
         with _StopFlag() as stop:
-            if telemetry is not None and step == 0:
+            if telemetry is not None and step == 0 and state is None:
                 _log(log, tb, 0, "telemetry", telemetry.record(raw_model, 0))
             while step < cfg.steps:
                 if cfg.stop_at is not None and step >= cfg.stop_at:
@@ -470,6 +478,8 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
         for closer in (log, tb, telemetry):
             if closer is not None:
                 closer.close()
+        if ddp.owner:
+            dist.destroy_process_group()
     emit({"event": "end", "result": result})
     return result
 
@@ -582,4 +592,5 @@ def _final_report(recipe: TrainingRecipe, result: TrainResult, commit: str) -> d
         "task": recipe.task.kind, "steps": result.step, "parameters": result.parameters,
         "tokens_per_s": result.tokens_per_s, "wall_time_s": result.wall_time_s,
         "validation": result.validation, "best": result.best, "lotsim_version": _version(), "git_commit": commit,
+        "recipe": recipe_to_toml(recipe),
     }
