@@ -130,16 +130,34 @@ class OutputSection(Section):
 class SimulationRecipe(Section):
     """A ``lotsim simulate`` recipe. ``replicas`` is the number of seeds per coupling: a run holds
     ``len(couplings) * replicas`` replicas, replica ``c * replicas + s`` having coupling ``c`` and
-    seed ``seed + s`` (frequencies and initial phases depend on the seed only)."""
+    seed ``seed + s`` (frequencies and initial phases depend on the seed only). ``shard = "i/n"``
+    keeps the i-th of n contiguous blocks of that replica grid, so a sweep can run as n jobs whose
+    files together hold exactly the replicas of the full run."""
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value):
+        if value is not None:
+            parse_shard(value)
+        return value
 
     name: str = "simulate"
     seed: int = 0
     replicas: Annotated[int, Field(ge=1)] = 1
+    shard: str | None = None
     lattice: LatticeSection = LatticeSection(n=1000)
     frequencies: FrequencySection = FrequencySection()
     initial: InitialSection = InitialSection()
     dynamics: DynamicsSection = DynamicsSection()
     output: OutputSection = OutputSection()
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise ValueError(f"shard {spec!r} must look like i/n with 0 <= i < n, e.g. 0/4")
+    return int(match[1]), int(match[2])
 
 
 _RANGE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*:\s*([0-9]+)\s*$")

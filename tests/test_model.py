@@ -52,9 +52,19 @@ MODES: dict[str, list[dict]] = {
         {"tie_frequencies": True, "method": "euler"},
         {"coupling_range": "neighbours", "method": "rk4", "score": "multiplicative", "dynamics": "sequence"},
     ],
+    "pma": [{"key_phases": "position", "method": "rk4"}],
+    "ssa": [{"rope": True}],
+    "torus": [{"n_steps": 2, "method": "heun", "angles": 3}],
+    "fsn": [{"harmonics": 1, "angles": 2}],
 }
 # intervention that switches the oscillator term off, per variant
-OFF_SWITCH: dict[str, dict] = {"lattice": {"gain": 0.0}}
+OFF_SWITCH: dict[str, dict] = {
+    "lattice": {"gain": 0.0},
+    "pma": {"gate": 0.0},
+    "ssa": {"omega": 0.0},
+    "torus": {"coupling": 0.0},
+    "fsn": {"coupling": 0.0, "delay_coupling": 0.0},
+}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -35,4 +35,4 @@ def test_model_docs_examples_run(monkeypatch, tmp_path, capsys):
         for name in set(available_attentions()) - before:
             unregister_attention(name)
     out = capsys.readouterr().out
-    assert "simulate.toml" in out and "'lattice', 'vanilla'" in out
+    assert "simulate.toml" in out and "'lattice'" in out and "'vanilla'" in out

@@ -12,6 +12,7 @@ from lotsim.cli.compare import compare
 from lotsim.cli.eval import eval_
 from lotsim.cli.export import export
 from lotsim.cli.simulate import simulate
+from lotsim.cli.sweep import sweep
 from lotsim.cli.train import train
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ def main(
 
 
 app.command()(simulate)
+app.command()(sweep)
 app.command()(train)
 app.command(name="eval")(eval_)
 app.command()(export)

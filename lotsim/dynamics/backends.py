@@ -3,7 +3,8 @@
 ``torch`` is the reference (CPU and CUDA). ``numba`` is the fused CPU kernel (module
 ``lotsim.dynamics.numba_backend``) and ``cupy`` the raw CUDA kernels from ``cuda/`` (module
 ``lotsim.dynamics.cupy_backend``); both are imported only when selected, so CPU paths never import
-CuPy. ``auto`` picks numba on CPU when it supports the system, torch otherwise.
+CuPy. ``auto`` picks numba for CPU tensors and cupy for CUDA tensors when they support the system
+(and are installed), torch otherwise.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ def make_integrator(system: KuramotoSystem, *, backend: Backend = "auto", method
         return kuramoto_integrator(system, method=method, dt=dt, seed=seed)
     if backend == "auto":
         try:
-            module = _load("numba")
+            module = _load("cupy" if system.omega.is_cuda else "numba")
+            if module.supports(system):
+                return module.kuramoto_integrator(system, method=method, dt=dt, seed=seed)
         except BackendUnavailable:
-            return kuramoto_integrator(system, method=method, dt=dt, seed=seed)
-        if module.supports(system):
-            return module.kuramoto_integrator(system, method=method, dt=dt, seed=seed)
+            pass
         return kuramoto_integrator(system, method=method, dt=dt, seed=seed)
     module = _load(backend)
     if hasattr(module, "supports") and not module.supports(system):

@@ -1,6 +1,7 @@
 """Lattice Oscillator Transformer models: one decoder-only trunk, attention variants by name.
 
-Importing this package registers the built-in variants (``vanilla``, ``lattice``).
+Importing this package registers the built-in variants (``vanilla``, ``lattice``, and the other
+oscillator attentions ``pma``, ``ssa``, ``torus``, ``fsn``; see docs/attentions.md).
 
 Public API::
 
@@ -10,6 +11,8 @@ Public API::
     LatticeAttention, LatticeOptions, LatticeIntermediates  # the LOT variant
     count_parameters, parameter_counts, match_parameters, parameter_report
     head_lattice_system, write_simulation_inputs            # export to the simulator
+    PMAAttention, SSAAttention, TorusAttention, FSNAttention # the other oscillator attentions
+    intervene, intervention_sweep, parse_intervention_specs # interventions at inference
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ from lotsim.model.attention import (
     unregister_attention,
 )
 from lotsim.model.config import ModelConfig
+from lotsim.model.fsn import FSNAttention, FSNOptions
+from lotsim.model.interventions import (
+    intervene,
+    intervention_names,
+    intervention_sweep,
+    parse_intervention_specs,
+    resolve_interventions,
+)
 from lotsim.model.lattice_attention import (
     LatticeAttention,
     LatticeIntermediates,
@@ -34,7 +45,10 @@ from lotsim.model.lattice_attention import (
     materialised_phase_attention,
 )
 from lotsim.model.parameters import count_parameters, match_parameters, parameter_counts, parameter_report
+from lotsim.model.pma import PMAAttention, PMAIntermediates, PMAOptions
 from lotsim.model.simulation import head_lattice_system, write_simulation_inputs
+from lotsim.model.ssa import SSAAttention, SSAIntermediates, SSAOptions
+from lotsim.model.torus import TorusAttention, TorusIntermediates, TorusOptions
 from lotsim.model.transformer import LOTModel, ModelOutput
 from lotsim.model.vanilla import VanillaAttention
 
@@ -63,4 +77,20 @@ __all__ = [
     "write_simulation_inputs",
     "LOTModel",
     "ModelOutput",
+    "PMAAttention",
+    "PMAIntermediates",
+    "PMAOptions",
+    "SSAAttention",
+    "SSAIntermediates",
+    "SSAOptions",
+    "TorusAttention",
+    "TorusIntermediates",
+    "TorusOptions",
+    "FSNAttention",
+    "FSNOptions",
+    "intervene",
+    "intervention_names",
+    "intervention_sweep",
+    "parse_intervention_specs",
+    "resolve_interventions",
 ]

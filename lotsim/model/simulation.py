@@ -65,8 +65,8 @@ def head_lattice_system(model: torch.nn.Module, layer: int) -> tuple[Lattice, Ku
     receivers, senders = np.nonzero(mask)
     lattice = replace(
         attn.lattice, name=f"head lattice of layer {layer} ({attn.lattice.name})",
-        senders=senders.astype(np.int64), receivers=receivers.astype(np.int64),
-        weights=folded[receivers, senders].astype(np.float64), directed=True, complete=False,
+        edges=(senders.astype(np.int64), receivers.astype(np.int64), folded[receivers, senders].astype(np.float64)),
+        directed=True, complete=False,
         topology="edgelist", graph=None,
     )
     operator = build_operator(lattice, "none", layout="dense", dtype=torch.float64)
