@@ -279,14 +279,15 @@ def _example_and_dynamic_shapes(model: LOTModel, max_len: int) -> tuple[tuple[to
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the exporters' progress prints, log lines and warnings (restored afterwards)."""
+    """Silence the exporters' progress prints, stderr dumps, log lines and warnings (restored afterwards)."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export",
                                                      "torch.fx.experimental.symbolic_shapes", "onnxscript")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    try:  # torch also prints the traced graph to stderr when tracing fails: kept out of the one-line error
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -295,8 +296,9 @@ def _quiet() -> Iterator[None]:
 
 
 def _one_line(err: BaseException) -> str:
+    """``Type: first line; second line`` (torch puts the guard that broke a dynamic axis on line 2)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0][:400] if lines else ''}"
+    return f"{type(err).__name__}: {'; '.join(lines[:2])[:500]}"
 
 
 def parameter_bytes(model: torch.nn.Module) -> int:

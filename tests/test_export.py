@@ -406,3 +406,26 @@ def test_trained_char_model_end_to_end(tmp_path):
     assert vocabulary["kind"] == "char" and vocabulary["itos"] == sorted(set(corpus.read_text()))
     got = _run_example(tmp_path / "char.onnx", "--prompt", "the quick", "--max-new-tokens", "20", cwd=tmp_path)
     assert len(got["text"]) == 20 and set(got["text"]) <= set(vocabulary["itos"])
+
+
+@pytest.mark.slow
+def test_a_variant_torch_export_cannot_trace_fails_with_one_line_exit_1(tmp_path):
+    from lotsim.model import register_attention, unregister_attention
+    from lotsim.model.attention import QKVAttention
+
+    @register_attention("data_dependent_test")
+    class DataDependent(QKVAttention):
+        def forward(self, x, rope, *, return_intermediates=False, interventions=None):
+            q, k, v = self.project_qkv(x, rope)
+            if q.mean() > 0:  # data-dependent Python control flow: torch.export cannot trace it
+                q = -q
+            return self.merge_heads(self.attend(q, k, v)), None
+
+    try:
+        checkpoint = training_checkpoint(tmp_path / "last.pt", tiny_model(tiny_config("data_dependent_test", 1)))
+        result = invoke(checkpoint, "--format", "pt2", "-o", tmp_path / "m.pt2")
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: torch.export failed"), result.stderr
+    finally:
+        unregister_attention("data_dependent_test")
