@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lotsim import __version__
+from lotsim.cli.analyze import analyze_app
 from lotsim.cli.compare import compare
 from lotsim.cli.eval import eval_
 from lotsim.cli.export import export
@@ -44,3 +45,4 @@ app.command()(train)
 app.command(name="eval")(eval_)
 app.command()(export)
 app.command()(compare)
+app.add_typer(analyze_app, name="analyze")
