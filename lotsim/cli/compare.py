@@ -102,12 +102,17 @@ def _print_tables(report: dict) -> None:
 
     from lotsim.train.compare import _ci, _fmt
 
+    arms = Table(title=f"arms: {len(report['seeds'])} seeds, {report['steps']} steps")
+    for column in ("arm", "lr", "params", "non-emb", "vs ref", "tok/s"):
+        arms.add_column(column, justify="right")
+    for arm, e in report["arms"].items():
+        p = e["parameters"]
+        arms.add_row(arm, f"{e['lr']:g}", f"{p['total']:,}", f"{p['non_embedding']:,}",
+                     f"{p['relative_to_reference']:+.2%}", f"{e['tokens_per_s']['mean']:,.0f}")
+    stdout.print(arms)
     for metric in report["metrics"]:
-        if metric.startswith("sync_order_"):
-            continue
-        table = Table(title=f"test {metric}: {len(report['seeds'])} seeds, baseline {report['baseline']}")
-        for column in ("arm", "params", "n", "mean ± sd", "median", "Δ", "95% CI paired", "p", "95% CI Welch", "p W",
-                       "tok/s"):
+        table = Table(title=f"test {metric} (Δ = arm − {report['baseline']})")
+        for column in ("arm", "mean ± sd", "median", "Δ", "paired 95% CI, p", "Welch 95% CI, p"):
             table.add_column(column, justify="right")
         for arm, e in report["arms"].items():
             s = e["metrics"].get(metric)
@@ -115,8 +120,8 @@ def _print_tables(report: dict) -> None:
                 continue
             v = s.get("vs_baseline") or {}
             paired, welch = v.get("paired", {}), v.get("welch", {})
-            table.add_row(arm, f"{e['parameters']['total']:,}", str(s["n"]), f"{_fmt(s['mean'])} ± {_fmt(s['sd'], 2)}",
-                          _fmt(s["median"]), _fmt(v.get("mean_difference")), _ci(paired.get("ci")),
-                          _fmt(paired.get("p"), 3), _ci(welch.get("ci")), _fmt(welch.get("p"), 3),
-                          f"{e['tokens_per_s']['mean']:,.0f}")
+            table.add_row(arm, f"{_fmt(s['mean'])} ± {_fmt(s['sd'], 2)}", _fmt(s["median"]),
+                          _fmt(v.get("mean_difference"), 3),
+                          f"{_ci(paired.get('ci'), 2)} p={_fmt(paired.get('p'), 2)}" if v else "",
+                          f"{_ci(welch.get('ci'), 2)} p={_fmt(welch.get('p'), 2)}" if v else "")
         stdout.print(table)

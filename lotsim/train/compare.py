@@ -49,8 +49,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
                     "freeze": ["coupling", "sequence_coupling"]},
 }
 ABLATION_ATTENTIONS = ("lattice",)
-# bookkeeping keys of evaluate()'s output that are not metrics
-_NOT_METRICS = {"sequences", "scored_tokens", "batches", "step", "wall_time_s", "seed"}
+# numeric keys of a run's metrics.json that are bookkeeping, not test metrics
+_NOT_METRICS = {"sequences", "scored_tokens", "batches", "step", "steps", "wall_time_s", "seed", "tokens_per_s"}
 LOWER_IS_BETTER = ("loss", "bpc", "perplexity")
 
 
@@ -224,8 +224,7 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
 
 def _metrics_of(record: dict) -> dict[str, float]:
     return {k: float(v) for k, v in record.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and k not in _NOT_METRICS
-            and k not in ("tokens_per_s",)}
+            if isinstance(v, int | float) and not isinstance(v, bool) and k not in _NOT_METRICS}
 
 
 def describe(values: list[float]) -> dict[str, Any]:
@@ -336,8 +335,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ci(ci) -> str:
-    return "–" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+def _ci(ci, digits: int = 4) -> str:
+    return "–" if ci is None else f"[{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
 
 
 def _finite(obj):
