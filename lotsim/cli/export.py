@@ -9,14 +9,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from lotsim.cli._common import RUNTIME_ERROR, USAGE_ERROR, fail, print_json, stderr, stdout
+from lotsim.cli._common import RUNTIME_ERROR, fail, print_json, stderr, stdout
 
 FORMATS = ("onnx", "pt2")  # mirrors lotsim.export.FORMATS without importing torch at CLI start-up
-
-
-def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
-    """``fail`` with rich markup escaped: messages hold paths and ``lotsim[export]``."""
-    return fail(escape(message), code)
 
 
 def export(
@@ -44,11 +39,11 @@ def export(
     """
     fmt = (format or (output.suffix.lstrip(".") if output is not None and output.suffix else "onnx")).lower()
     if fmt not in FORMATS:
-        raise _fail(f"--format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
+        raise fail(f"--format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
     if seq_len is not None and seq_len < 1:
-        raise _fail(f"--seq-len {seq_len} must be >= 1")
+        raise fail(f"--seq-len {seq_len} must be >= 1")
     if not tolerance >= 0:
-        raise _fail(f"--tolerance {tolerance} must be >= 0")
+        raise fail(f"--tolerance {tolerance} must be >= 0")
     from lotsim.export import ExportFailed, check_dependencies, check_opset, export_checkpoint
 
     spinner = stderr.status("exporting", spinner="dots") if stderr.is_terminal else None
@@ -64,9 +59,9 @@ def export(
             report = export_checkpoint(checkpoint, output, fmt, opset=opset, seq_len=seq_len, verify=verify,
                                        tolerance=tolerance, progress=progress)
     except (ValueError, FileNotFoundError) as err:  # user errors: bad file, option or missing extra
-        raise _fail(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+        raise fail(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
     except ExportFailed as err:
-        raise _fail(str(err), RUNTIME_ERROR) from None
+        raise fail(str(err), RUNTIME_ERROR) from None
     if json_:
         print_json(report)
     else:
@@ -75,7 +70,7 @@ def export(
         worst = max(report["verification"], key=lambda v: float("inf") if v["max_abs_diff"] is None
                     else v["max_abs_diff"])
         detail = worst.get("error") or f"max abs diff {worst['max_abs_diff']:.3g} > tolerance {report['tolerance']:g}"
-        raise _fail(f"verification failed at (batch, seq) = {tuple(worst['shape'])}: {detail}; "
+        raise fail(f"verification failed at (batch, seq) = {tuple(worst['shape'])}: {detail}; "
                    f"the file is kept: {report['output']}", RUNTIME_ERROR)
 
 
