@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 
-from lotsim.model import available_attentions, unregister_attention
+from lotsim.model import LOTModel, ModelConfig, available_attentions, unregister_attention
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "model.md"
 
@@ -36,3 +37,14 @@ def test_model_docs_examples_run(monkeypatch, tmp_path, capsys):
             unregister_attention(name)
     out = capsys.readouterr().out
     assert "simulate.toml" in out and "'lattice'" in out and "'vanilla'" in out
+
+
+def test_model_docs_toml_section_validates():
+    blocks = re.findall(r"```toml\n(.*?)```", DOC.read_text(), flags=re.S)
+    sections = [tomllib.loads(b)["model"] for b in blocks if "[model]" in b]
+    assert sections
+    for section in sections:
+        config = ModelConfig.model_validate(section)
+        assert config.d_ff == 688
+        with torch.device("meta"):
+            LOTModel(config)

@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from lotsim import __version__
+from lotsim.cli.analyze import analyze_app
 from lotsim.cli.compare import compare
 from lotsim.cli.eval import eval_
+from lotsim.cli.export import export
 from lotsim.cli.simulate import simulate
 from lotsim.cli.sweep import sweep
 from lotsim.cli.train import train
@@ -41,4 +43,6 @@ app.command()(simulate)
 app.command()(sweep)
 app.command()(train)
 app.command(name="eval")(eval_)
+app.command()(export)
 app.command()(compare)
+app.add_typer(analyze_app, name="analyze")

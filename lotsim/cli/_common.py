@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,7 +27,7 @@ USAGE_ERROR, RUNTIME_ERROR = 2, 1
 
 def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
     """Print ``error: message`` on one line to stderr and return the Exit to raise."""
-    stderr.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -216,8 +216,13 @@ class FSNAttention(PhaseStateAttention):
         values = harmonic_values(theta, self.harmonics)  # (b, h, t, 2mM)
         p = self.dropout if self.training else 0.0
         direct = causal_attention(q2, k2, values, scale=1.0, dropout_p=p)
-        shifted = causal_attention(q2[:, :, 1:], k2[:, :, :-1], values[:, :, 1:], scale=1.0, dropout_p=p)
-        delay = torch.cat([torch.zeros_like(values[:, :, :1]), shifted], dim=2)  # token 0 has no predecessor
+        # The delay call at full length t with rolled rows (query row i = token i + 1, value at key u =
+        # token u + 1; the wrapped-around row and value reach only row t - 1, which is dropped by the
+        # roll back and the mask): slices of t - 1 rows make torch.export guard on t - 1 != 1, i.e.
+        # the exported graph would lose its dynamic sequence axis.
+        shifted = causal_attention(q2.roll(-1, 2), k2, values.roll(-1, 2), scale=1.0, dropout_p=p)
+        first = torch.arange(theta.shape[1], device=theta.device) == 0
+        delay = shifted.roll(1, 2).masked_fill(first[:, None], 0.0)  # token 0 has no predecessor
         return frustrated_coupling(direct, theta, kernel[0], kernel[1]) + \
             frustrated_coupling(delay, theta, kernel[2], kernel[3])
 
