@@ -4,6 +4,7 @@ predictions, the text task's splits and BPC, and a user task plugged in from a r
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +210,15 @@ def test_user_task_plugged_in_by_target():
         CustomTaskOptions(target="no_such_package.mod:Task")
     with pytest.raises(ValueError, match="package.module:ClassName"):
         CustomTaskOptions(target="no_colon")
+
+
+SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="the Tiny Shakespeare corpus is not next to the repository")
+def test_tiny_shakespeare_when_present():
+    task = TextTask(SHAKESPEARE, level="char", seq_len=256)
+    assert task.vocab_size == 65 and task.split_kind == "contiguous"
+    n = len(task.tokens)
+    assert task.ranges["test"] == (int(0.95 * n), n)
+    assert task.decode(task.batch("validation", 1, 0)[0][0, :5]) == task.decode(task.tokens[int(0.9 * n):][:5])

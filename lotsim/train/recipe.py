@@ -12,7 +12,7 @@ same as ``recipes/copy_reverse_lattice.toml``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -135,7 +135,11 @@ def _task_options(value: Any):
 
 
 class TrainingRecipe(Section):
-    """A ``lotsim train`` recipe (see the module docstring and ``docs/training.md``)."""
+    """A ``lotsim train`` recipe (see the module docstring and ``docs/training.md``). Relative file
+    paths written in a recipe file are relative to that file's folder (``--set`` values and the
+    embedded default: to the working directory)."""
+
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ("task.path", "model.attention_options.file")
 
     name: str = "copy_reverse_lattice"
     seed: int = 0
