@@ -7,7 +7,7 @@ PYTEST_ARGS ?= -m "not slow and not gpu" -q
 
 run:  ## install and run the main job on its embedded defaults
 	@bash scripts/setup.sh
-	$(VENV)/bin/lotsim simulate
+	$(VENV)/bin/lotsim train
 
 test:  ## install (with dev extras) and run the default test suite
 	@bash scripts/setup.sh dev

@@ -7,11 +7,9 @@ import json
 
 import h5py
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from lotsim.cli import app
-from lotsim.cli.analyze_run import run as analyze_run
 
 runner = CliRunner()
 TINY = ["--set", "task.length=4", "--set", "task.n_symbols=6", "--set", "model.d_model=16", "--set", "model.n_heads=4",
@@ -19,13 +17,8 @@ TINY = ["--set", "task.length=4", "--set", "task.n_symbols=6", "--set", "model.d
         "--set", "train.test_batches=2", "--set", "train.telemetry_every=2", "--set", "train.telemetry_sequences=2",
         "--set", "train.warmup_steps=1", "--set", "train.log_every=2"]
 
-analyze = typer.Typer()
-analyze.command("run")(analyze_run)
-analyze.command("other")(lambda: None)  # two commands: keep "run" as a sub-command, as on `lotsim analyze`
-
-
-def invoke(*args, target=app):
-    return runner.invoke(target, [str(a) for a in args])
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +66,7 @@ def test_eval_writes_metrics_json(run_dir):
 
 
 def test_analyze_run_plot_and_json(run_dir):
-    result = invoke("run", run_dir, "--json", target=analyze)
+    result = invoke("analyze", "run", run_dir, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     layer = summary["layers"]["layer_00"]
@@ -115,5 +108,5 @@ def test_user_errors_are_one_line_with_exit_code_2(args, needle):
 
 
 def test_analyze_run_without_telemetry_is_a_user_error(tmp_path):
-    result = invoke("run", tmp_path, target=analyze)
+    result = invoke("analyze", "run", tmp_path)
     assert result.exit_code == 2 and "telemetry.h5" in result.stderr

@@ -9,6 +9,7 @@ import typer
 
 from lotsim import __version__
 from lotsim.cli.analyze import analyze_app
+from lotsim.cli.analyze_run import run as analyze_run
 from lotsim.cli.compare import compare
 from lotsim.cli.eval import eval_
 from lotsim.cli.export import export
@@ -45,4 +46,5 @@ app.command()(train)
 app.command(name="eval")(eval_)
 app.command()(export)
 app.command()(compare)
+analyze_app.command("run")(analyze_run)  # training telemetry: sync order over training
 app.add_typer(analyze_app, name="analyze")
