@@ -110,3 +110,13 @@ def test_user_errors_are_one_line_with_exit_code_2(args, needle):
 def test_analyze_run_without_telemetry_is_a_user_error(tmp_path):
     result = invoke("analyze", "run", tmp_path)
     assert result.exit_code == 2 and "telemetry.h5" in result.stderr
+
+
+def test_eval_with_interventions_changes_the_metrics_and_refuses_unknown_names(run_dir):
+    base = json.loads(invoke("eval", run_dir, "--split", "validation", "--json").stdout)
+    forced = invoke("eval", run_dir, "--split", "validation", "--intervene", "gain=5", "--json")
+    assert forced.exit_code == 0, forced.output
+    forced = json.loads(forced.stdout)
+    assert forced["interventions"] == ["gain=5"] and forced["loss"] != base["loss"]
+    bad = invoke("eval", run_dir, "--intervene", "nonsense=1")
+    assert bad.exit_code == 2 and "nonsense" in bad.stderr

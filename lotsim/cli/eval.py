@@ -21,6 +21,9 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:<i>.")] = "cpu",
     out: Annotated[Path | None, typer.Option(help="Output file (default <run folder>/metrics.json for the test "
                                              "split, metrics.<split>.json otherwise).")] = None,
+    intervene: Annotated[list[str] | None, typer.Option(help="Force an oscillator quantity at inference: "
+                                                        "[LAYERS.]NAME=VALUE, e.g. coupling=0 or 1.gain=0. "
+                                                        "Repeatable.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
 ) -> None:
     """Evaluate a checkpoint on a held-out split: loss, BPC (text tasks), token accuracy, exact match
@@ -32,7 +35,8 @@ def eval_(
     from lotsim.train.evaluate import evaluate_checkpoint
 
     with user_errors():
-        metrics = evaluate_checkpoint(checkpoint, split, max_batches=batches, batch_size=batch_size, device=device)
+        metrics = evaluate_checkpoint(checkpoint, split, max_batches=batches, batch_size=batch_size, device=device,
+                                      intervene=intervene)
     path = out if out is not None else _default_out(Path(metrics["checkpoint"]), split)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -35,7 +35,8 @@ def held_out_batches(task: Task, split: str, batch_size: int, max_batches: int |
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task: Task, split: str = "validation", *, batch_size: int = 64,
-             max_batches: int | None = None, autocast: Any = None, sync: bool = True) -> dict[str, Any]:
+             max_batches: int | None = None, autocast: Any = None, sync: bool = True,
+             interventions: dict | None = None) -> dict[str, Any]:
     """Metrics of ``model`` on ``split`` (eval mode, no gradients; the mode is restored after).
 
     Args:
@@ -46,6 +47,7 @@ def evaluate(model: torch.nn.Module, task: Task, split: str = "validation", *, b
         max_batches: batches to evaluate (see :func:`held_out_batches`).
         autocast: a context manager factory for mixed precision, or None.
         sync: collect the order parameter of layers that report phases.
+        interventions: ``{layer: {name: value}}`` forced at inference (see lotsim.model.interventions).
 
     Returns:
         ``loss``, the task's metrics, ``sync_order`` and ``sync_order_per_layer`` (oscillator arms),
@@ -65,7 +67,7 @@ def evaluate(model: torch.nn.Module, task: Task, split: str = "validation", *, b
             idx, targets = task.batch(split, batch_size, index)
             idx, targets = idx.to(device), targets.to(device)
             with autocast() if autocast is not None else contextlib.nullcontext():
-                out = model(idx, return_intermediates=sync)
+                out = model(idx, return_intermediates=sync, interventions=interventions)
             logits = out.logits.float()
             loss_sum += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
                                               reduction="sum"))
@@ -95,10 +97,12 @@ def evaluate(model: torch.nn.Module, task: Task, split: str = "validation", *, b
 
 
 def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, max_batches: int | None = None,
-                        batch_size: int | None = None, device: str = "cpu") -> dict[str, Any]:
+                        batch_size: int | None = None, device: str = "cpu",
+                        intervene: list[str] | None = None) -> dict[str, Any]:
     """Evaluate a saved checkpoint (a file or a run folder: ``best.pt``, else ``last.pt``).
 
-    The task and model are rebuilt from the recipe stored in the checkpoint.
+    The task and model are rebuilt from the recipe stored in the checkpoint. ``intervene`` holds
+    ``[LAYERS.]NAME=VALUE`` specs (e.g. ``coupling=0``) forced at inference, recorded in the result.
 
     Returns:
         :func:`evaluate`'s metrics plus ``checkpoint``, ``step``, ``attention``, ``parameters``
@@ -106,6 +110,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, max_batc
         ``git_commit`` and ``recipe`` (the checkpoint's resolved recipe, TOML text).
     """
     from lotsim.model import LOTModel, count_parameters
+    from lotsim.model.interventions import parse_intervention_specs
     from lotsim.tasks import build_task
     from lotsim.train.checkpoint import load_checkpoint, resolve_checkpoint
     from lotsim.train.recipe import recipe_from_toml
@@ -121,12 +126,13 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, max_batc
     bs = batch_size or recipe.train.held_out_batch_size
     batches = max_batches if max_batches is not None else recipe.train.test_batches
     start = time.perf_counter()
-    metrics = evaluate(model, task, split, batch_size=bs, max_batches=batches)
+    interventions = parse_intervention_specs(intervene, recipe.model.n_layers) if intervene else None
+    metrics = evaluate(model, task, split, batch_size=bs, max_batches=batches, interventions=interventions)
     from lotsim import __version__
     from lotsim.simulation import git_commit
 
     metrics.update(checkpoint=str(path), step=int(state["step"]), attention=recipe.model.attention,
                    parameters=count_parameters(model), recipe_name=recipe.name, seed=recipe.seed,
                    wall_time_s=time.perf_counter() - start, lotsim_version=__version__, git_commit=git_commit(),
-                   recipe=state["recipe"])
+                   recipe=state["recipe"], interventions=list(intervene or []))
     return metrics
