@@ -49,6 +49,17 @@ def test_arms_are_parameter_matched_and_ablations_configured():
     assert recipes["lattice:no-coupling"].model.options().coupling_init == 0.0
 
 
+def test_every_variant_declares_its_own_ablations():
+    base = load_training_recipe(None, TINY)
+    recipes, _ = arm_recipes(base, parse_arms("vanilla,pma:no-oscillator,fsn:no-delay"))
+    assert recipes["pma:no-oscillator"].model.options().gate_init == 0.0
+    assert "blocks.*.attn.gate" in recipes["pma:no-oscillator"].train.freeze
+    with pytest.raises(ValueError, match="vanilla allows: none"):
+        parse_arms("vanilla:no-oscillator")
+    with pytest.raises(ValueError, match="unknown ablation 'bogus'"):
+        parse_arms("lattice:bogus")
+
+
 def test_comparison_runs_every_arm_lr_and_seed_and_reports(tmp_path):
     base = load_training_recipe(None, TINY)
     arms = parse_arms("vanilla,lattice,lattice:no-oscillator")

@@ -81,6 +81,8 @@ class Attention(nn.Module):
     name: ClassVar[str] = ""
     Options: ClassVar[type[AttentionOptions]] = AttentionOptions
     intervention_names: ClassVar[tuple[str, ...]] = ()
+    # `lotsim compare` arms ATTENTION:ABLATION: name -> {"options": {...}, "freeze": [parameter suffixes]}
+    ablations: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: ModelConfig, options: AttentionOptions, layer: int = 0):
         super().__init__()

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -354,6 +354,15 @@ class LatticeAttention(QKVAttention):
     """
 
     Options = LatticeOptions
+    ablations: ClassVar[dict[str, dict[str, Any]]] = {
+        "no-oscillator": {"options": {"gain_init": 0.0}, "freeze": ["gain"]},
+        # the phase machinery: content projection and every oscillator parameter
+        "frozen-phases": {"options": {}, "freeze": ["phase.weight", "omega", "coupling", "lattice_constant_raw",
+                                                    "sequence_frequency", "sequence_coupling",
+                                                    "sequence_length_raw"]},
+        "no-coupling": {"options": {"coupling_init": 0.0, "sequence_coupling_init": 0.0},
+                        "freeze": ["coupling", "sequence_coupling"]},
+    }
     intervention_names = ("omega", "coupling", "lattice_constant", "sequence_frequency", "gain",
                           "sequence_coupling", "sequence_length", "phases")
 

@@ -39,16 +39,6 @@ import numpy as np
 
 from lotsim.train.recipe import TrainingRecipe, recipe_to_toml
 
-# the phase machinery of the lattice attention: content projection and every oscillator parameter
-_PHASE_PARAMETERS = ("phase.weight", "omega", "coupling", "lattice_constant_raw", "sequence_frequency",
-                     "sequence_coupling", "sequence_length_raw")
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "no-oscillator": {"options": {"gain_init": 0.0}, "freeze": ["gain"]},
-    "frozen-phases": {"options": {}, "freeze": list(_PHASE_PARAMETERS)},
-    "no-coupling": {"options": {"coupling_init": 0.0, "sequence_coupling_init": 0.0},
-                    "freeze": ["coupling", "sequence_coupling"]},
-}
-ABLATION_ATTENTIONS = ("lattice",)
 # numeric keys of a run's metrics.json that are bookkeeping, not test metrics
 _NOT_METRICS = {"sequences", "scored_tokens", "batches", "step", "steps", "wall_time_s", "seed", "tokens_per_s"}
 LOWER_IS_BETTER = ("loss", "bpc", "perplexity")
@@ -69,7 +59,7 @@ def parse_arms(spec: str | list[str]) -> list[Arm]:
     Raises:
         ValueError: an unknown attention or ablation, or a duplicate arm (one line).
     """
-    from lotsim.model import available_attentions
+    from lotsim.model import available_attentions, get_attention
 
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
@@ -83,11 +73,10 @@ def parse_arms(spec: str | list[str]) -> list[Arm]:
             raise ValueError(f"arm {name!r}: unknown attention {attention!r}; available: "
                              f"{', '.join(available_attentions())}")
         if ablation:
-            if ablation not in ABLATIONS:
-                raise ValueError(f"arm {name!r}: unknown ablation {ablation!r}; allowed: {', '.join(ABLATIONS)}")
-            if attention not in ABLATION_ATTENTIONS:
-                raise ValueError(f"arm {name!r}: ablations are defined for {', '.join(ABLATION_ATTENTIONS)} "
-                                 f"attention only")
+            allowed = get_attention(attention).ablations
+            if ablation not in allowed:
+                raise ValueError(f"arm {name!r}: unknown ablation {ablation!r}; {attention} allows: "
+                                 f"{', '.join(allowed) or 'none'}")
         arms.append(Arm(name, attention, ablation or None))
     return arms
 
@@ -112,9 +101,9 @@ def arm_recipes(base: TrainingRecipe, arms: list[Arm], reference: str | None = N
         options = dict(base.model.attention_options) if arm.attention == base.model.attention else {}
         freeze = list(base.train.freeze)
         if arm.ablation:
-            spec = ABLATIONS[arm.ablation]
             from lotsim.model import get_attention
 
+            spec = get_attention(arm.attention).ablations[arm.ablation]
             allowed = get_attention(arm.attention).Options.model_fields
             options.update({k: v for k, v in spec["options"].items() if k in allowed})
             config = ModelConfig.model_validate({**base.model.model_dump(), "attention": arm.attention,
