@@ -1,7 +1,7 @@
 # The two set-up commands of the README. Each creates .venv (if needed), installs everything, and runs.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?= -m "not slow and not gpu" -q
+PYTEST_ARGS ?= -m "not slow and not gpu" -q --durations=15
 
 .PHONY: run test lint bench clean
 
