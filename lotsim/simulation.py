@@ -162,7 +162,8 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
         raise ValueError(f"device {dyn.device!r} is not available (no CUDA GPU); use --device cpu")
     lattice, system, theta0, couplings, seeds = build_system(recipe)
     dtype = getattr(torch, dyn.dtype)
-    integrator = make_integrator(system, backend=dyn.backend, method=dyn.integrator, dt=dyn.dt, seed=recipe.seed)
+    integrator = make_integrator(system, backend=dyn.backend, method=dyn.integrator, dt=dyn.dt, seed=recipe.seed,
+                                 steps_hint=dyn.n_steps)
     backend = _backend_name(integrator, dyn.backend)
     total = dyn.n_steps
     store_dtype = np.dtype(dyn.dtype if out.precision == "same" else out.precision)
