@@ -98,7 +98,7 @@ def test_resume_a_stopped_run_from_the_cli(tmp_path):
     (["eval", "no/such/checkpoint.pt"], "does not exist"),
     (["eval", ".", "--split", "train"], "never the training split"),
     (["compare", "--arms", "vanilla,warp"], "warp"),
-    (["compare", "--arms", "vanilla:no-oscillator"], "lattice"),
+    (["compare", "--arms", "vanilla:no-oscillator"], "vanilla allows: none"),
     (["compare", "--lr-sweep", "fast"], "--lr-sweep"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(args, needle):
