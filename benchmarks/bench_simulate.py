@@ -48,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from lotsim.dynamics import KuramotoSystem, build_operator, make_integrator, normalized_adjacency  # noqa: E402
+from lotsim.dynamics import order_parameter as lotsim_order_parameter  # noqa: E402
 from lotsim.lattice import Lattice, build_lattice  # noqa: E402
 
 try:
@@ -402,11 +403,12 @@ def measure_io(spec: dict, steps: int, save_every: tuple[int, ...], repeats: int
                     with TrajectoryWriter(path, mode="w") as writer:
                         writer.add_particles("oscillators", n_replicas=1, n_nodes=case.n, dtype=np.float32,
                                              observables={"order_parameter": ((), np.float64)})
-                        while state.step < steps:
+                        while state.step < steps:  # as lotsim.simulation's runner records a frame
                             state = integ.step_fn(state, every)
-                            theta = state.theta.numpy()
+                            r, _ = lotsim_order_parameter(state.theta)
                             writer.append("oscillators", np.array([state.step]), np.array([state.step * DT]),
-                                          theta[None], observables={"order_parameter": order_parameter(theta)[None]})
+                                          state.theta.numpy().astype(np.float32)[None],
+                                          observables={"order_parameter": r.double().numpy()[None]})
                 walls.append(time.perf_counter() - start)
             row = {"lattice": case.lattice.name, "n": case.n, "steps": steps, "save_every": every,
                    "frames": 0 if every is None else steps // every, "seconds": walls,

@@ -638,9 +638,18 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
             done = 0
             while done < steps:
                 layout, todo = tuner.plan(layouts, steps - done)
+                # a replica is never split: with fewer replicas than threads, the idle threads would only
+                # be woken up (which takes milliseconds on a busy machine) to wait at the region's end
+                used = min(threads, b) if layout == "replicas" else threads
+                if used != threads:
+                    numba.set_num_threads(used)
                 start = time.perf_counter()
-                _integrate(layout == "replicas", chunk_blocks, todo, theta, vel, p["par"], p["op"], inertial,
-                           dw is not None, _NO_NOISE[np_dtype] if dw is None else dw[done:done + todo], buf)
+                try:
+                    _integrate(layout == "replicas", chunk_blocks, todo, theta, vel, p["par"], p["op"], inertial,
+                               dw is not None, _NO_NOISE[np_dtype] if dw is None else dw[done:done + todo], buf)
+                finally:
+                    if used != threads:
+                        numba.set_num_threads(threads)
                 tuner.record(layouts, layout, todo, time.perf_counter() - start)
                 done += todo
 
