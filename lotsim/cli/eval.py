@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lotsim.cli._common import fail, print_json, stderr, stdout, user_errors
+from lotsim.cli._common import fail, metrics_table, print_json, stderr, stdout, user_errors
 
 
 def eval_(
@@ -43,17 +43,8 @@ def eval_(
     if json_:
         print_json(metrics)
         return
-    from rich.table import Table
-
-    table = Table(title=f"{metrics['recipe_name']} ({metrics['attention']}), step {metrics['step']}: {split} split")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("loss", "bpc", "token_accuracy", "exact_match", "sync_order"):
-        if isinstance(metrics.get(key), float):
-            table.add_row(key, f"{metrics[key]:.4f}")
-    for layer, r in (metrics.get("sync_order_per_layer") or {}).items():
-        table.add_row(f"sync_order {layer}", f"{r:.4f}")
-    table.add_row("sequences", str(metrics["sequences"]))
+    table = metrics_table(f"{metrics['recipe_name']} ({metrics['attention']}), step {metrics['step']}: {split} split",
+                          metrics)
     stdout.print(table)
     stderr.print(f"metrics: [bold]{path}[/bold]", highlight=False)
 

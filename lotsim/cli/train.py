@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lotsim.cli._common import RUNTIME_ERROR, fail, print_json, stderr, stdout, user_errors
+from lotsim.cli._common import RUNTIME_ERROR, fail, metrics_table, print_json, stderr, stdout, user_errors
 
 INTERRUPTED = 130
 
@@ -140,23 +140,13 @@ class _Progress:
 
 
 def _print_result(summary: dict, recipe) -> None:
-    from rich.table import Table
-
     test = summary["test"]
     if test is None:
         stderr.print(f"stopped at step {summary['steps']} (train.stop_at); continue with: "
                      f"lotsim train --resume {summary['run_dir']}", highlight=False)
         return
-    table = Table(title=f"{recipe.name}: held-out test split, best checkpoint (step {test['step']}) of "
-                        f"{summary['steps']} steps, {summary['wall_time_s']:.0f} s")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("loss", "bpc", "token_accuracy", "exact_match", "sync_order"):
-        if isinstance(test.get(key), float):
-            table.add_row(key, f"{test[key]:.4f}")
-    for layer, r in (test.get("sync_order_per_layer") or {}).items():
-        table.add_row(f"sync_order {layer}", f"{r:.4f}")
-    table.add_row("sequences", str(test["sequences"]))
+    table = metrics_table(f"{recipe.name}: held-out test split, best checkpoint (step {test['step']}) of "
+                          f"{summary['steps']} steps, {summary['wall_time_s']:.0f} s", test)
     table.add_row("tokens/s (train)", f"{summary['tokens_per_s']:,.0f}")
     stdout.print(table)
     stderr.print(f"run folder: [bold]{summary['run_dir']}[/bold]", highlight=False)
