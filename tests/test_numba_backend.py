@@ -169,27 +169,26 @@ def test_layout_tuner_prefers_the_faster_layout_and_re_measures_the_slower(monke
     monkeypatch.setattr(nb.time, "perf_counter", lambda: clock[0])
     tuner, both = nb._LayoutTuner(), ("replicas", "nodes")
     assert tuner.plan(("replicas",), 1000) == ("replicas", 1000)  # one candidate: one call
-    probe = int(nb._PROBE_SECONDS / 1e-3)
     # learning: each layout twice, alternately; a slow first sample (JIT load, preemption) does not count
     assert tuner.plan(both, 1000) == ("replicas", 4)
     tuner.record(both, "replicas", 4, 4 * 50e-3)
     assert tuner.plan(both, 1000) == ("nodes", 1)  # sized from the only cost known
-    tuner.record(both, "nodes", 1, 1 * 10e-3)  # 10x slower than replicas will turn out to be
-    assert tuner.plan(both, 1000) == ("replicas", 2)
-    tuner.record(both, "replicas", 2, 2 * 1e-3)
-    assert tuner.plan(both, 1000) == ("nodes", probe)
-    tuner.record(both, "nodes", probe, probe * 10e-3)
+    tuner.record(both, "nodes", 1, 1 * 10e-3)
+    assert tuner.plan(both, 1000) == ("replicas", 1)
+    tuner.record(both, "replicas", 1, 1 * 1e-3)
+    assert tuner.plan(both, 1000) == ("nodes", 2)
+    tuner.record(both, "nodes", 2, 2 * 10e-3)  # 10x slower (a busy machine)
     assert tuner.plan(both, 10**6) == ("replicas", int(nb._SEGMENT_SECONDS / 1e-3))
-    clock[0] += 2.5  # past the first wait (2 s): re-measured, loses, the wait doubles
-    assert tuner.plan(both, 10**6) == ("nodes", probe)
-    tuner.record(both, "nodes", probe, probe * 10e-3)
+    clock[0] += 2.5  # past the first wait (2 s): re-measured on a short segment, loses, the wait doubles
+    assert tuner.plan(both, 10**6) == ("nodes", int(nb._PROBE_SECONDS / 10e-3))
+    tuner.record(both, "nodes", 2, 2 * 10e-3)
     clock[0] += 2.5
     assert tuner.plan(both, 10**6)[0] == "replicas"
     clock[0] += 2.0
-    assert tuner.plan(both, 10**6) == ("nodes", probe)
-    tuner.record(both, "nodes", probe, probe * 0.5e-3)  # the cores are free again: nodes wins
+    assert tuner.plan(both, 10**6)[0] == "nodes"
+    tuner.record(both, "nodes", 2, 2 * 0.5e-3)  # the cores are free again: nodes wins
     assert tuner.plan(both, 10**6)[0] == "replicas"  # ...and the now stale replicas cost is re-measured
-    tuner.record(both, "replicas", 40, 40 * 1e-3)
+    tuner.record(both, "replicas", 20, 20 * 1e-3)
     assert tuner.plan(both, 10**6) == ("nodes", int(nb._SEGMENT_SECONDS / 0.5e-3))
 
 

@@ -112,8 +112,9 @@ def _sincos(x):
 #            (blocks, 2), run_offset (runs, k) uint64, run_weight (runs, k), indptr (n + 1,),
 #            indices (e,) uint32, data (e,), mean-field scale): the coupling operator
 #   buf     (S, C (2, m, b, n): sin/cos of the current [cur] and next [1 - cur] stage input;
-#            AS, AC (m, b, n): W S and W C; D (b, n): the coupling sum, then the slope;
-#            Y, V (b, n): next stage input; AT, AV (b, n): Runge-Kutta accumulators;
+#            per thread and block: AS, AC (threads, m, block): W S and W C; D (threads, block): the
+#            coupling sum, then the slope; Y (threads, block): next stage input;
+#            V (b, n): next velocity input; AT, AV (b, n): Runge-Kutta accumulators;
 #            psum (2, m, b, blocks), sums (2, m, b): the mean-field sums)
 #   dw (steps, b, n)    noise increments (used when ``noisy``)
 
@@ -142,7 +143,8 @@ def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial,
     3. the Runge-Kutta update in the torch reference's order of operations; Y, V = the next input,
     4. S/C[1 - cur] = sin/cos of the next input (+ the block's mean-field partial sums).
     Each loop touches at most three arrays, so LLVM's runtime alias checks stay within its limits
-    and every loop vectorises.
+    and every loop vectorises. AS, AC, D and Y live one block at a time in per-thread scratch, which
+    stays in L1: at 512^2 the state no longer fits in L2, and writing them back cost a third of the time.
     """
     omega, coupling, harm, cos_a, sin_a, mult, stage_c, stage_w, consts = par
     kind, index, weight, pieces, block_pieces, run_offset, run_weight, indptr, indices, data, scale = op
@@ -156,9 +158,11 @@ def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial,
     w_s = stage_w[max(stage, 0)]
     c_s = stage_c[max(stage, 0)]
     nxt = 0 if stage < 0 else 1 - cur
-    # this replica's rows (1-D views)
-    th, om, kk, d, y, at = theta[r], omega[r], coupling[r], D[r], Y[r], AT[r]
-    src = th if stage < 0 or last else y
+    # this replica's rows (1-D views); the block scratch (AS, AC, D, Y) is this thread's, indexed i - i0
+    th, om, kk, at = theta[r], omega[r], coupling[r], AT[r]
+    tid = numba.get_thread_id()
+    d, y = D[tid], Y[tid]
+    src = th if stage < 0 or last else y  # the next stage input: src[i - so]
     if inertial:
         vl, v, av = vel[r], V[r], AV[r]
     else:
@@ -166,6 +170,7 @@ def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial,
     for blk in range(blk0, blk1):
         i0 = np.uint64(blk * _BLOCK)  # unsigned indices spare numba's negative-index wraparound (3x)
         i1 = np.uint64(min(blk * _BLOCK + _BLOCK, n))
+        so = np.uint64(0) if stage < 0 or last else i0
         if stage < 0:
             if inertial:
                 for i in range(i0, i1):
@@ -173,7 +178,7 @@ def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial,
         else:
             # 1. aggregate
             for m in range(n_harm):
-                s_in, c_in, a_s, a_c = S[cur, m, r], C[cur, m, r], AS[m, r], AC[m, r]
+                s_in, c_in, a_s, a_c = S[cur, m, r], C[cur, m, r], AS[tid, m], AC[tid, m]
                 if kind == _NEIGHBOURS:
                     for p in range(block_pieces[blk, 0], block_pieces[blk, 1]):
                         lo = max(np.uint64(pieces[p, 0]), i0)
@@ -183,25 +188,27 @@ def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial,
                             o1 = run_offset[run, 0]  # uint64: i + o wraps to i - |o|
                             w1 = run_weight[run, 0]
                             for i in range(lo, hi):
-                                a_s[i] = w1 * s_in[i + o1]
-                                a_c[i] = w1 * c_in[i + o1]
+                                a_s[i - i0] = w1 * s_in[i + o1]
+                                a_c[i - i0] = w1 * c_in[i + o1]
                             for slot in range(1, k, 3):  # up to three slots per pass over a_s, a_c
                                 o1, w1 = run_offset[run, slot], run_weight[run, slot]
                                 if slot + 2 < k:
                                     o2, w2 = run_offset[run, slot + 1], run_weight[run, slot + 1]
                                     o3, w3 = run_offset[run, slot + 2], run_weight[run, slot + 2]
                                     for i in range(lo, hi):
-                                        a_s[i] = ((a_s[i] + w1 * s_in[i + o1]) + w2 * s_in[i + o2]) + w3 * s_in[i + o3]
-                                        a_c[i] = ((a_c[i] + w1 * c_in[i + o1]) + w2 * c_in[i + o2]) + w3 * c_in[i + o3]
+                                        a_s[i - i0] = (((a_s[i - i0] + w1 * s_in[i + o1]) + w2 * s_in[i + o2])
+                                                       + w3 * s_in[i + o3])
+                                        a_c[i - i0] = (((a_c[i - i0] + w1 * c_in[i + o1]) + w2 * c_in[i + o2])
+                                                       + w3 * c_in[i + o3])
                                 elif slot + 1 < k:
                                     o2, w2 = run_offset[run, slot + 1], run_weight[run, slot + 1]
                                     for i in range(lo, hi):
-                                        a_s[i] = (a_s[i] + w1 * s_in[i + o1]) + w2 * s_in[i + o2]
-                                        a_c[i] = (a_c[i] + w1 * c_in[i + o1]) + w2 * c_in[i + o2]
+                                        a_s[i - i0] = (a_s[i - i0] + w1 * s_in[i + o1]) + w2 * s_in[i + o2]
+                                        a_c[i - i0] = (a_c[i - i0] + w1 * c_in[i + o1]) + w2 * c_in[i + o2]
                                 else:
                                     for i in range(lo, hi):
-                                        a_s[i] = a_s[i] + w1 * s_in[i + o1]
-                                        a_c[i] = a_c[i] + w1 * c_in[i + o1]
+                                        a_s[i - i0] = a_s[i - i0] + w1 * s_in[i + o1]
+                                        a_c[i - i0] = a_c[i - i0] + w1 * c_in[i + o1]
                         else:
                             for i in range(lo, hi):
                                 j = index[i, 0]
@@ -211,8 +218,8 @@ def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial,
                                     j = index[i, slot]
                                     acc_s += weight[i, slot] * s_in[j]
                                     acc_c += weight[i, slot] * c_in[j]
-                                a_s[i] = acc_s
-                                a_c[i] = acc_c
+                                a_s[i - i0] = acc_s
+                                a_c[i - i0] = acc_c
                 elif kind == _CSR:
                     for i in range(i0, i1):
                         acc_s = 0.0
@@ -220,60 +227,61 @@ def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial,
                         for e in range(indptr[i], indptr[i + _ONE]):
                             acc_s += data[e] * s_in[indices[e]]
                             acc_c += data[e] * c_in[indices[e]]
-                        a_s[i] = acc_s
-                        a_c[i] = acc_c
+                        a_s[i - i0] = acc_s
+                        a_c[i - i0] = acc_c
                 else:
                     xs, xc = sums[0, m, r], sums[1, m, r]
                     for i in range(i0, i1):
-                        a_s[i] = scale * (xs - s_in[i])
-                        a_c[i] = scale * (xc - c_in[i])
+                        a_s[i - i0] = scale * (xs - s_in[i])
+                        a_c[i - i0] = scale * (xc - c_in[i])
             # 2. the coupling sum, then the drift
             if n_harm == 0:
                 for i in range(i0, i1):
-                    d[i] = 0.0
+                    d[i - i0] = 0.0
             for m in range(n_harm):
-                s_in, c_in, a_s, a_c = S[cur, m, r], C[cur, m, r], AS[m, r], AC[m, r]
+                s_in, c_in, a_s, a_c = S[cur, m, r], C[cur, m, r], AS[tid, m], AC[tid, m]
                 h, ca, sa = harm[m], cos_a[m], sin_a[m]
                 for i in range(i0, i1):
-                    term = h * (a_s[i] * (c_in[i] * ca - s_in[i] * sa) - a_c[i] * (s_in[i] * ca + c_in[i] * sa))
-                    d[i] = term if m == 0 else d[i] + term
+                    term = h * (a_s[i - i0] * (c_in[i] * ca - s_in[i] * sa)
+                                - a_c[i - i0] * (s_in[i] * ca + c_in[i] * sa))
+                    d[i - i0] = term if m == 0 else d[i - i0] + term
             for i in range(i0, i1):
-                d[i] = om[i] + kk[i] * d[i]
+                d[i - i0] = om[i] + kk[i] * d[i - i0]
             # 3. the update: stage input y + c_s k; step y + final * sum_s w_s k_s; + noise
             if not inertial:  # k = d
                 if last:
                     if first:
                         for i in range(i0, i1):
-                            th[i] = th[i] + final * (d[i] * w_s)
+                            th[i] = th[i] + final * (d[i - i0] * w_s)
                     else:
                         for i in range(i0, i1):
-                            th[i] = th[i] + final * (at[i] + w_s * d[i])
+                            th[i] = th[i] + final * (at[i] + w_s * d[i - i0])
                 else:
                     if first:
                         for i in range(i0, i1):
-                            at[i] = d[i] * w_s
+                            at[i] = d[i - i0] * w_s
                     else:
                         for i in range(i0, i1):
-                            at[i] = at[i] + w_s * d[i]
+                            at[i] = at[i] + w_s * d[i - i0]
                     for i in range(i0, i1):
-                        y[i] = th[i] + c_s * d[i]
+                        y[i - i0] = th[i] + c_s * d[i - i0]
                 if noisy:
                     for i in range(i0, i1):
-                        src[i] = src[i] + dw[step, r, i]
+                        src[i - so] = src[i - so] + dw[step, r, i]
             else:  # y = (theta, v), k = (v, (drift - v) / mu) with v the stage's velocity input
                 for i in range(i0, i1):
-                    d[i] = (d[i] - v[i]) / mu
+                    d[i - i0] = (d[i - i0] - v[i]) / mu
                 if last:
                     if first:
                         for i in range(i0, i1):
                             th[i] = th[i] + final * (v[i] * w_s)
                         for i in range(i0, i1):
-                            vl[i] = vl[i] + final * (d[i] * w_s)
+                            vl[i] = vl[i] + final * (d[i - i0] * w_s)
                     else:
                         for i in range(i0, i1):
                             th[i] = th[i] + final * (at[i] + w_s * v[i])
                         for i in range(i0, i1):
-                            vl[i] = vl[i] + final * (av[i] + w_s * d[i])
+                            vl[i] = vl[i] + final * (av[i] + w_s * d[i - i0])
                     if noisy:
                         for i in range(i0, i1):
                             vl[i] = vl[i] + dw[step, r, i] / mu
@@ -284,16 +292,16 @@ def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial,
                         for i in range(i0, i1):
                             at[i] = v[i] * w_s
                         for i in range(i0, i1):
-                            av[i] = d[i] * w_s
+                            av[i] = d[i - i0] * w_s
                     else:
                         for i in range(i0, i1):
                             at[i] = at[i] + w_s * v[i]
                         for i in range(i0, i1):
-                            av[i] = av[i] + w_s * d[i]
+                            av[i] = av[i] + w_s * d[i - i0]
                     for i in range(i0, i1):
-                        y[i] = th[i] + c_s * v[i]
+                        y[i - i0] = th[i] + c_s * v[i]
                     for i in range(i0, i1):
-                        v[i] = vl[i] + c_s * d[i]
+                        v[i] = vl[i] + c_s * d[i - i0]
                     if noisy:
                         for i in range(i0, i1):
                             v[i] = v[i] + dw[step, r, i] / mu
@@ -303,15 +311,15 @@ def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial,
             big = 0
             if mm == 1.0:
                 for i in range(i0, i1):
-                    s_out[i], c_out[i] = _sincos(src[i])
-                    big += abs(src[i]) > _SINCOS_LIMIT
+                    s_out[i], c_out[i] = _sincos(src[i - so])
+                    big += abs(src[i - so]) > _SINCOS_LIMIT
             else:
                 for i in range(i0, i1):
-                    s_out[i], c_out[i] = _sincos(mm * src[i])
-                    big += abs(mm * src[i]) > _SINCOS_LIMIT
+                    s_out[i], c_out[i] = _sincos(mm * src[i - so])
+                    big += abs(mm * src[i - so]) > _SINCOS_LIMIT
             if big > 0:  # rare: phases beyond 1e6 rad (or NaN/inf), where libm is exact
                 for i in range(i0, i1):
-                    x = src[i] if mm == 1.0 else mm * src[i]
+                    x = src[i - so] if mm == 1.0 else mm * src[i - so]
                     s_out[i] = np.sin(x)
                     c_out[i] = np.cos(x)
             if kind == _MEAN_FIELD:
@@ -373,6 +381,31 @@ def _integrate(by_replica, chunk, n_steps, theta, vel, par, op, inertial, noisy,
                 if kind == _MEAN_FIELD:
                     for r in range(b):
                         _reduce_mean_field(np.int64(r), buf)
+                cur = 1 - cur
+
+
+@njit(**_JIT)
+def _integrate_serial(n_steps, theta, vel, par, op, inertial, noisy, dw, buf):
+    """``_integrate`` by replica on the calling thread: no parallel region to wake (one replica, or one
+    thread). Changing numba's thread count instead costs libgomp a new team each time, and made the
+    following parallel regions up to 40x slower."""
+    b, n = theta.shape
+    n_blocks = np.int64((n + _BLOCK - 1) // _BLOCK)
+    n_stages = par[7].shape[0]
+    kind = op[0]
+    zero = np.int64(0)
+    for r in range(b):
+        rr = np.int64(r)
+        _stage_chunk(rr, zero, n_blocks, np.int64(-1), zero, zero, theta, vel, par, op, inertial, noisy, dw, buf)
+        if kind == _MEAN_FIELD:
+            _reduce_mean_field(rr, buf)
+        cur = np.int64(0)
+        for step in range(n_steps):
+            for stage in range(n_stages):
+                _stage_chunk(rr, zero, n_blocks, np.int64(stage), cur, np.int64(step), theta, vel, par, op,
+                             inertial, noisy, dw, buf)
+                if kind == _MEAN_FIELD:
+                    _reduce_mean_field(rr, buf)
                 cur = 1 - cur
 
 
@@ -515,7 +548,8 @@ class _LayoutTuner:
             for x in layouts:
                 if x != layout and now - self.when[x] > self.wait.get(x, _PROBE_AFTER):
                     layout, budget = x, _PROBE_SECONDS
-        steps = int(budget / min(known)) if known else 4
+        per_step = self.cost.get(layout, min(known)) if known else None  # a slow layout gets few steps
+        steps = int(budget / per_step) if per_step else 4
         return layout, max(1, min(steps, remaining))
 
     def record(self, layouts: tuple[str, ...], layout: str, steps: int, seconds: float) -> None:
@@ -621,9 +655,10 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
                else np.zeros((1, 1), np_dtype))
         n_harm = p["par"][2].shape[0]
         n_blocks = (n + _BLOCK - 1) // _BLOCK
+        pool = numba.config.NUMBA_NUM_THREADS  # per-thread block scratch, indexed by numba.get_thread_id()
         buf = (np.empty((2, n_harm, b, n), np_dtype), np.empty((2, n_harm, b, n), np_dtype),  # S, C
-               np.empty((n_harm, b, n), np_dtype), np.empty((n_harm, b, n), np_dtype),  # AS, AC
-               np.empty((b, n), np_dtype), np.empty((b, n), np_dtype),  # D, Y
+               np.empty((pool, n_harm, _BLOCK), np_dtype), np.empty((pool, n_harm, _BLOCK), np_dtype),  # AS, AC
+               np.empty((pool, _BLOCK), np_dtype), np.empty((pool, _BLOCK), np_dtype),  # D, Y
                np.empty((b, n) if inertial else (1, 1), np_dtype), np.empty((b, n), np_dtype),  # V, AT
                np.empty((b, n) if inertial else (1, 1), np_dtype),  # AV
                np.empty((2, n_harm, b, n_blocks), np_dtype), np.empty((2, n_harm, b), np_dtype))  # psum, sums
@@ -638,18 +673,13 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
             done = 0
             while done < steps:
                 layout, todo = tuner.plan(layouts, steps - done)
-                # a replica is never split: with fewer replicas than threads, the idle threads would only
-                # be woken up (which takes milliseconds on a busy machine) to wait at the region's end
-                used = min(threads, b) if layout == "replicas" else threads
-                if used != threads:
-                    numba.set_num_threads(used)
+                noise = _NO_NOISE[np_dtype] if dw is None else dw[done:done + todo]
                 start = time.perf_counter()
-                try:
+                if layout == "replicas" and min(threads, b) == 1:
+                    _integrate_serial(todo, theta, vel, p["par"], p["op"], inertial, dw is not None, noise, buf)
+                else:
                     _integrate(layout == "replicas", chunk_blocks, todo, theta, vel, p["par"], p["op"], inertial,
-                               dw is not None, _NO_NOISE[np_dtype] if dw is None else dw[done:done + todo], buf)
-                finally:
-                    if used != threads:
-                        numba.set_num_threads(threads)
+                               dw is not None, noise, buf)
                 tuner.record(layouts, layout, todo, time.perf_counter() - start)
                 done += todo
 
