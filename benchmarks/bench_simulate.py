@@ -6,8 +6,9 @@ Command (writes JSON and a markdown table next to it, ``.md``):
     python benchmarks/bench_simulate.py --quick --out /tmp/simulate-quick.json            # smoke, ~1 min
 
 What is measured (design note performance.md, section 1):
-- oscillator-steps per second (N x steps / wall time; median of ``--repeats`` interleaved runs, after a
-  warm-up run that also absorbs numba's JIT/cache load) of: lotsim's numba and torch backends (float64
+- oscillator-steps per second (N x steps / wall time; median of ``--repeats`` runs interleaved across
+  implementations, after a warm-up run that also absorbs numba's JIT/cache load; the one-thread rows
+  run in a subprocess started with one thread) of: lotsim's numba and torch backends (float64
   and float32, RK4 and Euler), a numpy reference with scipy's CSR mat-vec and the sin/cos identity, a
   plain numpy per-edge reference (gather + ``np.add.at``, small N only) and the ``kuramoto`` package
   0.4.0 (dense N x N, scipy ``odeint``; optional: ``pip install kuramoto==0.4.0``, N <= 64^2 only,
@@ -112,7 +113,7 @@ def _set_threads(threads: int) -> None:
         numba.set_num_threads(threads)
 
 
-def lotsim_impl(backend: str, dtype: torch.dtype, method: str, threads: int | None = None):
+def lotsim_impl(backend: str, dtype: torch.dtype, method: str):
     """lotsim's integrator on ``backend``; returns make(case) -> run(steps, dt) -> theta (b, n)."""
 
     def make(case: Case):
@@ -125,15 +126,7 @@ def lotsim_impl(backend: str, dtype: torch.dtype, method: str, threads: int | No
             if dt not in integrators:
                 integrators[dt] = make_integrator(system, backend=backend, method=method, dt=dt)
             integ = integrators[dt]
-            previous = (torch.get_num_threads(), numba.get_num_threads() if numba is not None else None)
-            if threads is not None:
-                _set_threads(threads)
-            try:
-                state = integ.step_fn(integ.init_fn(torch.as_tensor(case.theta0, dtype=dtype)), steps)
-            finally:
-                torch.set_num_threads(previous[0])
-                if previous[1] is not None:
-                    numba.set_num_threads(previous[1])
+            state = integ.step_fn(integ.init_fn(torch.as_tensor(case.theta0, dtype=dtype)), steps)
             return state.theta.double().numpy()
 
         return run
@@ -214,17 +207,20 @@ def kuramoto_package_impl(case: Case):
 
 IMPLEMENTATIONS = {
     "numba f64 rk4": lotsim_impl("numba", torch.float64, "rk4"),
-    "numba f64 rk4 1 thread": lotsim_impl("numba", torch.float64, "rk4", threads=1),
+    "numba f64 rk4 1 thread": lotsim_impl("numba", torch.float64, "rk4"),
     "numba f32 rk4": lotsim_impl("numba", torch.float32, "rk4"),
     "numba f64 euler": lotsim_impl("numba", torch.float64, "euler"),
     "torch f64 rk4": lotsim_impl("torch", torch.float64, "rk4"),
-    "torch f64 rk4 1 thread": lotsim_impl("torch", torch.float64, "rk4", threads=1),
+    "torch f64 rk4 1 thread": lotsim_impl("torch", torch.float64, "rk4"),
     "torch f32 rk4": lotsim_impl("torch", torch.float32, "rk4"),
     "torch f64 euler": lotsim_impl("torch", torch.float64, "euler"),
     "numpy csr f64 rk4": numpy_csr_impl,
     "numpy add.at f64 rk4": numpy_edges_impl,
     "kuramoto 0.4.0 odeint": kuramoto_package_impl,
 }
+# Rows run with one thread go to a subprocess started that way: changing a live OpenMP pool's thread
+# count (numba's or torch's) and back slows the following parallel regions of the process down.
+ONE_THREAD = {"numba f64 rk4 1 thread", "torch f64 rk4 1 thread"}
 REFERENCE = "numba f64 rk4"
 PACKAGE = "kuramoto 0.4.0 odeint"
 
@@ -289,13 +285,45 @@ def _memory_worker(payload: str) -> None:
     print(json.dumps({"peak_rss_increase_mb": (_proc_status("VmHWM") - before) / 2**20}))
 
 
+def timed_in_subprocess(case: Case, name: str, repeats: int, max_seconds: float) -> tuple[list[float], np.ndarray]:
+    """Warm-up and ``repeats`` timed runs of ``name`` in a fresh process with one numba and torch thread."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "theta.npy"
+        payload = json.dumps({"case": case.to_json(), "implementation": name, "repeats": repeats,
+                              "max_seconds": max_seconds, "out": str(out)})
+        env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        proc = subprocess.run([sys.executable, __file__, "--threads", "1", "--time-worker", payload], env=env,
+                              capture_output=True, text=True, timeout=3600, check=True)
+        seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+        return seconds, np.load(out)
+
+
+def _time_worker(payload: str) -> None:
+    job = json.loads(payload)
+    spec = job["case"]
+    case = Case(spec["name"], spec["spec"], spec["steps"], tuple(spec["couplings"]), spec["seed"])
+    run = IMPLEMENTATIONS[job["implementation"]](case)
+    run(2)
+    seconds = []
+    for _ in range(job["repeats"]):
+        start = time.perf_counter()
+        theta = run(case.steps)
+        seconds.append(time.perf_counter() - start)
+        if seconds[0] > job["max_seconds"]:
+            break
+    np.save(job["out"], theta)
+    print(json.dumps({"seconds": seconds}))
+
+
 def measure_case(case: Case, names: list[str], repeats: int, *, memory: tuple[str, ...] = (),
                  max_seconds: float = 20.0, log=print) -> list[dict]:
     """Time every implementation on ``case`` (repeats interleaved across implementations), compare the
     final states with each other and with a fine-step reference, and measure the peak memory of those
     named in ``memory`` (in subprocesses)."""
     load_before = os.getloadavg()
-    runners = {name: IMPLEMENTATIONS[name](case) for name in names}
+    runners = {name: IMPLEMENTATIONS[name](case) for name in names if name not in ONE_THREAD}
     for run in runners.values():  # warm-up: JIT/cache load, first-call allocations
         run(2)
     walls = {name: [] for name in names}
@@ -307,6 +335,9 @@ def measure_case(case: Case, names: list[str], repeats: int, *, memory: tuple[st
             start = time.perf_counter()
             finals[name] = run(case.steps)
             walls[name].append(time.perf_counter() - start)
+    for name in names:
+        if name in ONE_THREAD:
+            walls[name], finals[name] = timed_in_subprocess(case, name, repeats, max_seconds)
     load_after = os.getloadavg()
     fine = runners[REFERENCE](case.steps * 10, DT / 10) if REFERENCE in runners else None
     ref = finals.get(REFERENCE)
@@ -339,7 +370,7 @@ def measure_batched(spec: dict, b: int, steps: int, repeats: int, log=print) -> 
     batched = Case(f"B={b}", spec, steps, couplings)
     singles = [Case(f"K={k:g}", spec, steps, (k,)) for k in couplings]
     out = []
-    for name in ("numba f64 rk4", "torch f64 rk4", "torch f64 rk4 1 thread"):
+    for name in ("numba f64 rk4", "torch f64 rk4"):
         run_batched = IMPLEMENTATIONS[name](batched)
         run_singles = [IMPLEMENTATIONS[name](case) for case in singles]
         run_batched(2)
@@ -519,10 +550,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per implementation")
     parser.add_argument("--no-kuramoto", action="store_true", help="skip the kuramoto package")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--time-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.memory_worker:
+    if args.memory_worker or args.time_worker:
         _set_threads(args.threads)
-        _memory_worker(args.memory_worker)
+        (_memory_worker if args.memory_worker else _time_worker)(args.memory_worker or args.time_worker)
         return {}
     _set_threads(args.threads)
     quick = args.quick
