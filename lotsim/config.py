@@ -12,7 +12,7 @@ import difflib
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -130,16 +130,37 @@ class OutputSection(Section):
 class SimulationRecipe(Section):
     """A ``lotsim simulate`` recipe. ``replicas`` is the number of seeds per coupling: a run holds
     ``len(couplings) * replicas`` replicas, replica ``c * replicas + s`` having coupling ``c`` and
-    seed ``seed + s`` (frequencies and initial phases depend on the seed only)."""
+    seed ``seed + s`` (frequencies and initial phases depend on the seed only). File paths in a
+    recipe file are relative to its folder. ``shard = "i/n"``
+    keeps the i-th of n contiguous blocks of that replica grid, so a sweep can run as n jobs whose
+    files together hold exactly the replicas of the full run."""
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value):
+        if value is not None:
+            parse_shard(value)
+        return value
 
     name: str = "simulate"
     seed: int = 0
     replicas: Annotated[int, Field(ge=1)] = 1
+    shard: str | None = None
     lattice: LatticeSection = LatticeSection(n=1000)
     frequencies: FrequencySection = FrequencySection()
     initial: InitialSection = InitialSection()
     dynamics: DynamicsSection = DynamicsSection()
     output: OutputSection = OutputSection()
+
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ("lattice.file", "frequencies.file", "initial.file")
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise ValueError(f"shard {spec!r} must look like i/n with 0 <= i < n, e.g. 0/4")
+    return int(match[1]), int(match[2])
 
 
 _RANGE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*:\s*([0-9]+)\s*$")
@@ -232,6 +253,8 @@ def load_recipe(model: type[RecipeT], path: str | Path | None = None, overrides:
                 updates: dict | None = None) -> RecipeT:
     """Load a recipe: TOML file (optional) -> ``updates`` (e.g. CLI flags) -> overrides -> validation."""
     data = read_toml(path) if path is not None else {}
+    if path is not None:
+        _resolve_paths(data, getattr(model, "PATH_KEYS", ()), Path(path).parent)
     for dotted, value in (updates or {}).items():
         node = data
         *parents, last = dotted.split(".")
@@ -239,6 +262,17 @@ def load_recipe(model: type[RecipeT], path: str | Path | None = None, overrides:
             node = node.setdefault(part, {})
         node[last] = value
     return validate_recipe(model, apply_overrides(data, list(overrides)))
+
+
+def _resolve_paths(data: dict, keys: tuple[str, ...], base: Path) -> None:
+    """Make relative file paths written in a recipe file relative to that file's folder."""
+    for dotted in keys:
+        *parents, last = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(last), str) and not Path(node[last]).is_absolute():
+            node[last] = str(base / node[last])
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:

@@ -16,27 +16,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
-TOPOLOGIES = (
-    "ring",
-    "chain",
-    "square",
-    "triangular",
-    "hexagonal",
-    "hypercubic",
-    "complete",
-    "small-world",
-    "random-regular",
-    "erdos-renyi",
-    "edgelist",
-    "graphml",
-)
-WEIGHT_KINDS = ("uniform", "exp", "power")
 Topology = Literal[
     "ring",
     "chain",
@@ -52,6 +37,8 @@ Topology = Literal[
     "graphml",
 ]
 WeightKind = Literal["uniform", "exp", "power"]
+TOPOLOGIES: tuple[str, ...] = get_args(Topology)
+WEIGHT_KINDS: tuple[str, ...] = get_args(WeightKind)
 
 
 @dataclass(frozen=True, eq=False)

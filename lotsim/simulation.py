@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lotsim import __version__
-from lotsim.config import SimulationRecipe, parse_couplings, recipe_to_toml
+from lotsim.config import SimulationRecipe, parse_couplings, parse_shard, recipe_to_toml
 from lotsim.dynamics import KuramotoSystem, build_operator, make_integrator, order_parameter
 from lotsim.dynamics.initial import initial_phases, load_phases, natural_frequencies
 from lotsim.io import TrajectoryWriter, open_trajectory, read_state
@@ -121,6 +121,12 @@ def build_system(recipe: SimulationRecipe) -> tuple[Lattice, KuramotoSystem, np.
         per_seed = np.stack([initial_phases(lattice, init.kind, seed=int(s), twist=init.twist) for s in seeds_per])
         theta0 = np.tile(per_seed, (values.shape[0], 1))
     omega = np.tile(omega_per_seed, (values.shape[0], 1))
+    if recipe.shard is not None:
+        index, count = parse_shard(recipe.shard)
+        if count > couplings.shape[0]:
+            raise ValueError(f"shard {recipe.shard!r}: {count} shards for only {couplings.shape[0]} replicas")
+        keep = np.array_split(np.arange(couplings.shape[0]), count)[index]
+        theta0, omega, couplings, seeds = theta0[keep], omega[keep], couplings[keep], seeds[keep]
 
     dtype = getattr(torch, dyn.dtype)
     device = torch.device(dyn.device)
@@ -156,7 +162,8 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
         raise ValueError(f"device {dyn.device!r} is not available (no CUDA GPU); use --device cpu")
     lattice, system, theta0, couplings, seeds = build_system(recipe)
     dtype = getattr(torch, dyn.dtype)
-    integrator = make_integrator(system, backend=dyn.backend, method=dyn.integrator, dt=dyn.dt, seed=recipe.seed)
+    integrator = make_integrator(system, backend=dyn.backend, method=dyn.integrator, dt=dyn.dt, seed=recipe.seed,
+                                 steps_hint=dyn.n_steps)
     backend = _backend_name(integrator, dyn.backend)
     total = dyn.n_steps
     store_dtype = np.dtype(dyn.dtype if out.precision == "same" else out.precision)

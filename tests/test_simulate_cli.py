@@ -227,3 +227,26 @@ def test_resume_refuses_a_different_recipe(tmp_path):
     _, out = run_json(tmp_path, *SMALL)
     result = invoke("simulate", *SMALL[:-2], "--normalization", "none", "--out", out, "--resume")
     assert result.exit_code == 2 and "different recipe" in result.stderr
+
+
+def test_recipe_file_paths_are_relative_to_the_recipe(tmp_path, monkeypatch):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    np.save(folder / "omega.npy", np.zeros(5))
+    (folder / "edges.txt").write_text("0 1 1.0\n1 2 1.0\n2 3 1.0\n3 4 1.0\n")
+    (folder / "sim.toml").write_text('[lattice]\ntopology = "edgelist"\nfile = "edges.txt"\ndirected = true\n'
+                                    '[frequencies]\ndist = "file"\nfile = "omega.npy"\n[dynamics]\nsteps = 5\n'
+                                    'coupling = 1.0\nnormalization = "none"\n')
+    monkeypatch.chdir(tmp_path)  # somewhere else than the recipe's folder
+    summary, _ = run_json(tmp_path, folder / "sim.toml")
+    assert summary["n"] == 5
+
+
+def test_a_trained_head_lattice_simulates(tmp_path):
+    from lotsim.model import LOTModel, ModelConfig, write_simulation_inputs
+
+    model = LOTModel(ModelConfig(vocab_size=11, seq_len=16, d_model=32, n_layers=1, n_heads=4,
+                                 attention="lattice"))
+    recipe = write_simulation_inputs(model, 0, tmp_path / "layer0", steps=50)
+    summary, out = run_json(tmp_path, recipe)
+    assert summary["n"] == 4 and np.all(np.isfinite(summary["r_final"]))

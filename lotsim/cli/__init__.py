@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from lotsim import __version__
+from lotsim.cli.analyze import analyze_app
+from lotsim.cli.analyze_run import run as analyze_run
+from lotsim.cli.compare import compare
+from lotsim.cli.eval import eval_
+from lotsim.cli.export import export
 from lotsim.cli.simulate import simulate
+from lotsim.cli.sweep import sweep
+from lotsim.cli.train import train
 
 app = typer.Typer(
     help="lotsim: Lattice Oscillator Transformers and a fast, tested Kuramoto lattice simulator.",
@@ -34,3 +41,10 @@ def main(
 
 
 app.command()(simulate)
+app.command()(sweep)
+app.command()(train)
+app.command(name="eval")(eval_)
+app.command()(export)
+app.command()(compare)
+analyze_app.command("run")(analyze_run)  # training telemetry: sync order over training
+app.add_typer(analyze_app, name="analyze")

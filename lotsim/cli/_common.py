@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,7 +27,7 @@ USAGE_ERROR, RUNTIME_ERROR = 2, 1
 
 def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
     """Print ``error: message`` on one line to stderr and return the Exit to raise."""
-    stderr.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -59,3 +60,19 @@ def progress_bar(description: str) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True,
                     disable=not stderr.is_terminal)
+
+
+def metrics_table(title: str, metrics: dict):
+    """A rich table of held-out metrics (loss, BPC, accuracy, exact match, sync order per layer)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("loss", "bpc", "token_accuracy", "exact_match", "sync_order"):
+        if isinstance(metrics.get(key), float):
+            table.add_row(key, f"{metrics[key]:.4f}")
+    for layer, r in (metrics.get("sync_order_per_layer") or {}).items():
+        table.add_row(f"sync_order {layer}", f"{r:.4f}")
+    table.add_row("sequences", str(metrics["sequences"]))
+    return table

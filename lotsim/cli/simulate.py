@@ -97,6 +97,8 @@ def simulate(
     save_every: Annotated[int | None, typer.Option(help="Store every k-th step.", rich_help_panel=_OUT)] = None,
     compression: Annotated[str | None, typer.Option(help="lzf, gzip or none.", rich_help_panel=_OUT)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of frequencies, phases, graphs and noise.")] = None,
+    shard: Annotated[str | None, typer.Option(help="Run only shard i/n of the couplings x seeds grid.",
+                                              rich_help_panel=_OUT)] = None,
     out: Annotated[Path | None, typer.Option(help="Output .h5 file (default outputs/<name>/<time>/traj.h5).",
                                              rich_help_panel=_OUT)] = None,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.", rich_help_panel=_OUT)] = False,
@@ -123,7 +125,7 @@ def simulate(
         "dynamics.dtype": dtype, "replicas": replicas, "frequencies.dist": freq_dist, "frequencies.mean": freq_mean,
         "frequencies.width": freq_width, "frequencies.sampling": freq_sampling, "frequencies.file": freq_file,
         "initial.kind": init_kind, "initial.file": init_file, "initial.twist": twist,
-        "output.save_every": save_every, "output.compression": compression, "seed": seed,
+        "output.save_every": save_every, "output.compression": compression, "seed": seed, "shard": shard,
     }
     updates = {k: v for k, v in flags.items() if v is not None}
     # a duration given on the command line replaces the recipe's other duration key

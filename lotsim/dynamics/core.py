@@ -303,6 +303,17 @@ def _rk_combine(method: Method, f: Callable, y: tuple, dt: float) -> tuple:
     return tuple(yy + (dt / 6.0) * (a + 2 * b + 2 * c + d) for yy, a, b, c, d in zip(y, k1, k2, k3, k4))
 
 
+def check_method(system: KuramotoSystem, method: str, dt: float) -> None:
+    """Argument checks shared by every backend, so they all refuse the same things the same way."""
+    if method not in METHODS:
+        raise ValueError(f"unknown integrator {method!r}; allowed: {', '.join(METHODS)}")
+    if not dt > 0 or not math.isfinite(dt):
+        raise ValueError(f"dt must be a positive number, got {dt}")
+    if system.noise > 0 and method == "rk4":
+        raise ValueError("rk4 has no consistent form with noise; use integrator 'heun' (stochastic Heun) "
+                         "or 'euler' (Euler-Maruyama)")
+
+
 def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: float = 0.01,
                         seed: int = 0) -> Integrator:
     """Fixed-step integrator for a :class:`KuramotoSystem` (torch reference backend).
@@ -317,13 +328,7 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
         dt: time step, > 0.
         seed: noise stream seed.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown integrator {method!r}; allowed: {', '.join(METHODS)}")
-    if not dt > 0 or not math.isfinite(dt):
-        raise ValueError(f"dt must be a positive number, got {dt}")
-    if system.noise > 0 and method == "rk4":
-        raise ValueError("rk4 has no consistent form with noise; use integrator 'heun' (stochastic Heun) "
-                         "or 'euler' (Euler-Maruyama)")
+    check_method(system, method, dt)
     inertial = system.inertia > 0
     mu = system.inertia
     sigma = math.sqrt(2.0 * system.noise * dt) if system.noise > 0 else 0.0

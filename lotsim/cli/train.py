@@ -1,0 +1,152 @@
+"""``lotsim train``: train a model from a recipe -> run folder; prints held-out (test) metrics."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lotsim.cli._common import RUNTIME_ERROR, fail, metrics_table, print_json, stderr, stdout, user_errors
+
+INTERRUPTED = 130
+
+
+def train(
+    recipe: Annotated[Path | None, typer.Argument(help="TOML recipe (optional: the embedded copy-reverse "
+                                                  "lattice defaults otherwise).", show_default=False)] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: section.key=value "
+                                                   "(TOML value syntax). Repeatable.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder from its last "
+                                                "checkpoint (with its own recipe; --set still applies).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default outputs/<name>/<timestamp>).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the model init and dropout.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps (train.steps).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:<i> (train.device).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
+) -> None:
+    """Train a model from a [bold]TOML recipe[/bold]; the run folder holds the resolved recipe,
+    checkpoints (last, best), metrics.jsonl, TensorBoard logs, phase telemetry and metrics.json.
+
+    With no recipe it trains the embedded default: copy-reverse (8 digits) with lattice attention,
+    a few minutes on two CPU cores. Multi-GPU / multi-node: [bold]torchrun --nproc_per_node=N -m
+    lotsim train RECIPE[/bold].
+    """
+    from lotsim.train.recipe import load_training_recipe
+
+    flags = {"seed": seed, "train.steps": steps, "train.device": device}
+    updates = {k: v for k, v in flags.items() if v is not None}
+    main = int(os.environ.get("RANK", "0")) == 0
+    with user_errors():
+        if resume is not None:
+            if recipe is not None:
+                raise fail("--resume continues a run with its own recipe; drop the RECIPE argument (use --set)")
+            from lotsim.train.checkpoint import LAST, load_checkpoint
+            from lotsim.train.loop import resumed_recipe
+
+            last = resume / "checkpoints" / LAST
+            if not last.is_file():
+                raise fail(f"cannot resume {str(resume)!r}: no checkpoints/{LAST} in it")
+            overrides = [*(set_ or []), *(f"{k}={_toml(v)}" for k, v in updates.items())]
+            resolved = resumed_recipe(load_checkpoint(last)["recipe"], overrides)
+            run_dir = resume
+        else:
+            resolved = load_training_recipe(recipe, set_ or [], updates)
+            from lotsim.train.loop import default_run_dir
+
+            run_dir = out if out is not None else default_run_dir(resolved)
+            if (run_dir / "checkpoints").exists():
+                raise fail(f"run folder {str(run_dir)!r} already holds a run; continue it with --resume "
+                           f"{run_dir} or choose another --out")
+
+    from lotsim.train.loop import TrainingInterrupted
+    from lotsim.train.loop import train as run_training
+
+    with user_errors(), _Progress(enabled=main) as progress:
+        try:
+            result = run_training(resolved, run_dir, resume=resume is not None, callback=progress)
+        except TrainingInterrupted as err:
+            stderr.print(f"[yellow]interrupted[/yellow] at step {err.step}; last checkpoint saved. Continue with:\n"
+                         f"  lotsim train --resume {err.run_dir}", highlight=False)
+            raise typer.Exit(INTERRUPTED) from None
+        except (RuntimeError, OSError) as err:
+            raise fail(f"training failed: {err}", RUNTIME_ERROR) from None
+    if not main:
+        return
+    summary = {
+        "run_dir": str(result.run_dir), "steps": result.step, "finished": result.finished,
+        "parameters": result.parameters, "tokens_per_s": result.tokens_per_s, "wall_time_s": result.wall_time_s,
+        "best": result.best, "validation": result.validation, "test": result.test,
+    }
+    if json_:
+        print_json(summary)
+        return
+    _print_result(summary, resolved)
+
+
+def _toml(value) -> str:
+    import json
+
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+class _Progress:
+    """Rich progress (loss, tokens/s) on stderr; evaluation lines are printed even when not a terminal."""
+
+    def __init__(self, enabled: bool = True):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.enabled = enabled
+        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True,
+                            disable=not (enabled and stderr.is_terminal))
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def __call__(self, event: dict) -> None:
+        if not self.enabled:
+            return
+        kind = event["event"]
+        if kind == "start":
+            p = event["parameters"]
+            stderr.print(f"run folder [bold]{event['run_dir']}[/bold]: {p['total']:,} parameters "
+                         f"({p['non_embedding']:,} non-embedding), {event['tokens_per_step']:,} tokens/step, "
+                         f"{event['device']} x{event['world_size']}", highlight=False)
+            self.task = self.bar.add_task("train", total=event["steps"], completed=event["start_step"],
+                                          loss="-", tps="-")
+        elif kind == "step" and self.task is not None:
+            self.bar.update(self.task, completed=event["step"], loss=f"{event['loss']:.4f}",
+                            tps=f"{event['tokens_per_s']:,.0f}")
+        elif kind == "eval":
+            m = event["metrics"]
+            shown = "  ".join(f"{k} {m[k]:.4f}" for k in ("loss", "bpc", "token_accuracy", "exact_match", "sync_order")
+                              if isinstance(m.get(k), float))
+            self.bar.console.print(f"step {event['step']:>6}  validation  {shown}", highlight=False)
+
+
+def _print_result(summary: dict, recipe) -> None:
+    test = summary["test"]
+    if test is None:
+        stderr.print(f"stopped at step {summary['steps']} (train.stop_at); continue with: "
+                     f"lotsim train --resume {summary['run_dir']}", highlight=False)
+        return
+    table = metrics_table(f"{recipe.name}: held-out test split, best checkpoint (step {test['step']}) of "
+                          f"{summary['steps']} steps, {summary['wall_time_s']:.0f} s", test)
+    table.add_row("tokens/s (train)", f"{summary['tokens_per_s']:,.0f}")
+    stdout.print(table)
+    stderr.print(f"run folder: [bold]{summary['run_dir']}[/bold]", highlight=False)

@@ -1,0 +1,248 @@
+"""``fsn``: the Frustrated Synchronization Network's attention (Nunley 2026, "Attention as
+Frustrated Synchronization", arXiv 2606.18694).
+
+Provenance: only the abstract was readable (``../seeds/kuramoto-attention-and-fsn-abstracts.md``;
+``design/oscillator-attention-notes.md`` §1.5). The abstract fixes: token states are phases on a
+torus; the whole value pathway is one learned complex coupling kernel over harmonics plus a
+one-step delay; the complex phases are static Kuramoto-Sakaguchi frustration angles, signed
+harmonics are repulsive Daido components, and the delay term couples each token to the
+*successors* of the tokens it attends to. The equations below (the scores shared with ``torus``,
+coefficients per (head, channel, harmonic), the real parametrisation, the readout) are our
+reconstruction.
+
+With the phase state and the gated cosine scores of :mod:`lotsim.model.torus` (A = causal softmax
+over u <= t; A' = the same scores, softmax over u <= t - 1), per token t, head h, channel c::
+
+    theta'_t = theta_t + sum_{k=1..M} Im[ c_k e^{-ik theta_t} sum_{u<=t}   A_tu  e^{ik theta_u}
+                                        + d_k e^{-ik theta_t} sum_{u<=t-1} A'_tu e^{ik theta_{u+1}} ]
+
+with complex coefficients c_k, d_k per (h, c). Writing ``c_k = |c_k| e^{-i alpha_k}`` each direct
+term is ``|c_k| sum_u A_tu sin(k (theta_u - theta_t) - alpha_k)``: Kuramoto-Sakaguchi coupling of
+harmonic k with frustration alpha_k (Daido harmonics; a negative real part is a repulsive
+component). The delay term is the same coupling to theta_{u+1}, i.e. Sakaguchi coupling whose
+frustration angle is the data's own transition theta_{u+1} - theta_u. At t = 0 it is zero.
+
+Real parametrisation (no complex dtypes, exportable): ``c_k = a_k + i b_k`` gives
+``Im(c_k e^{-ik theta_t} Z_k) = a_k Y_k + b_k X_k`` with ``X_k = sum_u A_tu cos(k(theta_u - theta_t))
+= C_k cos k theta_t + S_k sin k theta_t`` and ``Y_k = S_k cos k theta_t - C_k sin k theta_t``, where
+``(C_k, S_k) = sum_u A_tu (cos, sin)(k theta_u)``.
+
+**Fused formulation.** Both branches are single causal SDPA calls with values
+``[cos k theta, sin k theta]_{k=1..M}`` (2mM columns):
+``direct = SDPA(q', k', v)`` and ``delay[1:] = SDPA(q'[1:], k'[:-1], v[1:], is_causal=True)``,
+``delay[0] = 0``. In the shifted call query row i is token t = i + 1, key column j is token u = j
+and its value is token j + 1 = u + 1; the causal mask j <= i is u <= t - 1, so token t reads
+phases of tokens u + 1 <= t only — never t + 1. ``implementation="materialised"`` computes A, A'
+and the pairwise sines explicitly (a test oracle).
+
+Why not the core's integrator: the update is one explicit step of a frustrated Kuramoto-Daido model
+whose harmonic amplitudes and frustration angles are learned per oscillator, while
+:class:`~lotsim.dynamics.core.KuramotoSystem` takes them as per-system Python floats (right for the
+simulator, not learnable). The direct term is checked against the core's
+:func:`~lotsim.dynamics.core.coupling_term` with the attention as a dense coupling matrix in
+``tests/test_attentions.py``.
+
+Parameters: ``phase``, ``out``, ``gate_raw``, ``rotary_rate`` (as ``torus``) and (h, m, M) each of
+``coupling_real``, ``coupling_imag`` (c = a + ib), ``delay_real``, ``delay_imag`` (d), separate so an
+ablation can freeze one part (e.g. the imaginary parts at 0: no Sakaguchi frustration).
+
+Legend: ``b`` batch, ``t`` tokens, ``h`` heads, ``m`` angles per head, ``M`` harmonics, ``D`` width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from lotsim.model.attention import AttentionOptions, register_attention
+from lotsim.model.interventions import override
+from lotsim.model.rope import Rope
+from lotsim.model.torus import (
+    PhaseStateAttention,
+    TorusIntermediates,
+    causal_attention,
+    causal_softmax,
+    drifted_features,
+    materialised_scores,
+)
+
+
+class FSNOptions(AttentionOptions):
+    """Options of the ``fsn`` attention.
+
+    Attributes:
+        angles: m, angles per head (default d/2).
+        harmonics: M, harmonics of the coupling kernel.
+        gate_init: initial score gate g (> 0); None -> 1/sqrt(m) (as ``torus``).
+        coupling_init: initial Re c_1 (attractive first harmonic); other coefficients start at 0.
+        delay_init: initial Re d_1.
+        implementation: ``fused`` (two SDPA calls) or ``materialised`` (explicit; test oracle).
+    """
+
+    angles: int | None = Field(default=None, ge=1)
+    harmonics: int = Field(default=2, ge=1, le=8)
+    gate_init: float | None = Field(default=None, gt=0)
+    coupling_init: float = 0.5
+    delay_init: float = 0.5
+    implementation: Literal["fused", "materialised"] = "fused"
+
+
+def harmonic_values(theta: torch.Tensor, harmonics: int) -> torch.Tensor:
+    """(b, t, h, m) -> values (b, h, t, 2mM): [cos k theta, sin k theta] for k = 1..M, layout (M, 2, m)."""
+    k = torch.arange(1, harmonics + 1, dtype=theta.dtype, device=theta.device)
+    kt = theta.transpose(1, 2)[..., None, :] * k[:, None]  # (b, h, t, M, m)
+    return torch.stack([torch.cos(kt), torch.sin(kt)], dim=-2).flatten(-3)
+
+
+def frustrated_coupling(mean_field: torch.Tensor, theta: torch.Tensor, real: torch.Tensor,
+                        imag: torch.Tensor) -> torch.Tensor:
+    """``sum_k Im(c_k e^{-ik theta_t} Z_k) = sum_k a_k Y_k + b_k X_k`` from the SDPA output.
+
+    Args:
+        mean_field: (b, h, t, 2mM) ``(C_k, S_k)`` in the layout of :func:`harmonic_values`.
+        theta: (b, t, h, m) the receiving phases theta_t.
+        real, imag: (h, m, M) a_k, b_k.
+
+    Returns:
+        (b, t, h, m).
+    """
+    b, h, t, _ = mean_field.shape
+    m, n_harm = real.shape[1], real.shape[2]
+    z = mean_field.reshape(b, h, t, n_harm, 2, m)
+    big_c, big_s = z[..., 0, :], z[..., 1, :]  # (b, h, t, M, m)
+    k = torch.arange(1, n_harm + 1, dtype=theta.dtype, device=theta.device)
+    kt = theta.transpose(1, 2)[..., None, :] * k[:, None]  # (b, h, t, M, m)
+    cos, sin = torch.cos(kt), torch.sin(kt)
+    x = big_c * cos + big_s * sin  # sum_u A cos(k (theta_u - theta_t))
+    y = big_s * cos - big_c * sin  # sum_u A sin(k (theta_u - theta_t))
+    a, bb = real.transpose(1, 2), imag.transpose(1, 2)  # (h, M, m)
+    return (a[:, None] * y + bb[:, None] * x).sum(-2).transpose(1, 2)  # b h t m -> b t h m
+
+
+def materialised_frustrated_update(theta: torch.Tensor, weights: torch.Tensor, delay_weights: torch.Tensor,
+                                   kernel: torch.Tensor) -> torch.Tensor:
+    """Reference update ``sum_k sum_u A_tu [a_k sin(k(theta_u - theta_t)) + b_k cos(k(theta_u - theta_t))]``
+    plus the same with A' and theta_{u+1}, from explicit pairwise differences (tests only;
+    (b, h, t, t, m) memory). ``a sin x + b cos x = |c| sin(x - alpha)`` for ``c = a + ib = |c| e^{-i alpha}``.
+
+    Args:
+        theta: (b, t, h, m); weights, delay_weights: (b, h, t, t) A and A'; kernel: (4, h, m, M).
+
+    Returns:
+        (b, t, h, m).
+    """
+    th = theta.transpose(1, 2)  # (b, h, t, m)
+    successor = th.roll(-1, dims=2)  # theta_{u+1}; the wrapped last row gets weight 0 in A'
+    total = torch.zeros_like(th)
+    for k in range(kernel.shape[-1]):
+        branches = ((weights, th, kernel[0], kernel[1]), (delay_weights, successor, kernel[2], kernel[3]))
+        for w, src, re, im in branches:
+            diff = (k + 1) * (src[:, :, None, :, :] - th[:, :, :, None, :])  # (b, h, t, u, m)
+            pair = re[:, None, None, :, k] * torch.sin(diff) + im[:, None, None, :, k] * torch.cos(diff)
+            total = total + (w[..., None] * pair).sum(3)
+    return total.transpose(1, 2)
+
+
+@register_attention("fsn")
+class FSNAttention(PhaseStateAttention):
+    """Frustrated synchronization attention (see the module docstring for the equations).
+
+    Interventions: ``phases`` (theta0), ``gate``, ``rotary_rate`` (as ``torus``); ``coupling`` and
+    ``delay_coupling`` replace the magnitudes |c_k|, |d_k| keeping the angles (0 switches a branch
+    off); ``frustration`` and ``delay_frustration`` replace the angles alpha_k keeping the magnitudes.
+    Numbers or tensors broadcast to (h, m, M), or callables of the current value.
+    """
+
+    Options = FSNOptions
+    # (options, frozen parameter suffixes) per ablation, for `lotsim compare` arms ATTENTION:ABLATION
+    ablations: ClassVar[dict[str, dict[str, Any]]] = {
+        "no-coupling": {"options": {"coupling_init": 0.0, "delay_init": 0.0},
+                        "freeze": ["coupling_real", "coupling_imag", "delay_real", "delay_imag"]},
+        "no-delay": {"options": {"delay_init": 0.0}, "freeze": ["delay_real", "delay_imag"]},
+        "no-frustration": {"options": {}, "freeze": ["coupling_imag", "delay_imag"]},
+        "frozen-phases": {"options": {}, "freeze": ["phase.weight"]},
+    }
+    intervention_names = ("phases", "coupling", "frustration", "delay_coupling", "delay_frustration", "gate",
+                          "rotary_rate")
+
+    def __init__(self, config, options: FSNOptions, layer: int = 0):
+        super().__init__(config, options, layer)
+        self.harmonics = options.harmonics
+        shape = (self.n_heads, self.angles, self.harmonics)
+        self.coupling_real = nn.Parameter(torch.empty(shape))
+        self.coupling_imag = nn.Parameter(torch.empty(shape))
+        self.delay_real = nn.Parameter(torch.empty(shape))
+        self.delay_imag = nn.Parameter(torch.empty(shape))
+        self.init_parameters(config.init_std)
+
+    @torch.no_grad()
+    def init_parameters(self, std: float) -> None:
+        """As ``torus``; c_1 = coupling_init, d_1 = delay_init (real), every other coefficient 0."""
+        super().init_parameters(std)
+        for p in (self.coupling_real, self.coupling_imag, self.delay_real, self.delay_imag):
+            p.zero_()
+        self.coupling_real[..., 0] = self.options.coupling_init
+        self.delay_real[..., 0] = self.options.delay_init
+
+    def coefficients(self, iv: Mapping[str, Any]) -> torch.Tensor:
+        """The kernel (4, h, m, M) = (Re c, Im c, Re d, Im d) with interventions applied."""
+        kernel = torch.stack([self.coupling_real, self.coupling_imag, self.delay_real, self.delay_imag])
+        if not any(n in iv for n in ("coupling", "frustration", "delay_coupling", "delay_frustration")):
+            return kernel
+        parts = []
+        for re, im, mag_key, ang_key in ((kernel[0], kernel[1], "coupling", "frustration"),
+                                         (kernel[2], kernel[3], "delay_coupling", "delay_frustration")):
+            if mag_key in iv or ang_key in iv:
+                magnitude = torch.hypot(re, im)
+                magnitude = override(magnitude, iv[mag_key]) if mag_key in iv else magnitude
+                alpha = -torch.atan2(im, re)
+                alpha = override(alpha, iv[ang_key]) if ang_key in iv else alpha
+                re, im = magnitude * torch.cos(alpha), -magnitude * torch.sin(alpha)
+            parts += [re, im]
+        return torch.stack(parts)
+
+    def update(self, theta: torch.Tensor, kernel: torch.Tensor, gate: torch.Tensor, rate: torch.Tensor
+               ) -> torch.Tensor:
+        """The frustrated coupling plus delay term (b, t, h, m) of phases theta (b, t, h, m)."""
+        if self.options.implementation == "materialised":
+            scores = materialised_scores(theta, rate, gate)
+            weights, delay_weights = causal_softmax(scores), causal_softmax(scores, strict=True)
+            return materialised_frustrated_update(theta, weights, delay_weights, kernel)
+        q2, k2 = drifted_features(theta, rate, gate)  # (b, h, t, 2m)
+        values = harmonic_values(theta, self.harmonics)  # (b, h, t, 2mM)
+        p = self.dropout if self.training else 0.0
+        direct = causal_attention(q2, k2, values, scale=1.0, dropout_p=p)
+        # The delay call at full length t with rolled rows (query row i = token i + 1, value at key u =
+        # token u + 1; the wrapped-around row and value reach only row t - 1, which is dropped by the
+        # roll back and the mask): slices of t - 1 rows make torch.export guard on t - 1 != 1, i.e.
+        # the exported graph would lose its dynamic sequence axis.
+        shifted = causal_attention(q2.roll(-1, 2), k2, values.roll(-1, 2), scale=1.0, dropout_p=p)
+        first = torch.arange(theta.shape[1], device=theta.device) == 0
+        delay = shifted.roll(1, 2).masked_fill(first[:, None], 0.0)  # token 0 has no predecessor
+        return frustrated_coupling(direct, theta, kernel[0], kernel[1]) + \
+            frustrated_coupling(delay, theta, kernel[2], kernel[3])
+
+    def forward(self, x: torch.Tensor, rope: Rope, *, return_intermediates: bool = False,
+                interventions: Mapping[str, Any] | None = None
+                ) -> tuple[torch.Tensor, TorusIntermediates | None]:
+        """(b, t, D) -> ((b, t, D), :class:`TorusIntermediates` if asked, else None)."""
+        iv = self.check_interventions(interventions)
+        theta0 = self.initial_phases(x, iv)  # (b, t, h, m)
+        gate, rate = self.score_parameters(iv)
+        kernel = self.coefficients(iv)
+        theta = theta0 + self.update(theta0, kernel, gate, rate)
+        y = self.readout(theta)
+        if not return_intermediates:
+            return y, None
+        return y, self.telemetry(theta0, theta, torch.hypot(kernel[0], kernel[1]), gate, rate)
+
+    def extra_repr(self) -> str:
+        return f"angles={self.angles}, harmonics={self.harmonics}, {self.options.implementation}"
+
+
+__all__ = ["FSNAttention", "FSNOptions", "frustrated_coupling", "harmonic_values",
+           "materialised_frustrated_update"]

@@ -1,0 +1,168 @@
+"""The decoder-only trunk shared by every attention variant (nanoGPT-shaped, forward order).
+
+token embedding -> n_layers x [x + attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x))] -> RMSNorm -> tied
+unembedding. RoPE tables are built once for ``seq_len`` and handed to every attention layer; no
+biases anywhere; only the attention module differs between arms (picked by name from the registry).
+
+Legend: ``b`` batch, ``t`` tokens, ``h`` heads, ``d`` head dim, ``D`` model width, ``f`` SwiGLU
+hidden width, ``v`` vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lotsim.model.attention import Attention, Intermediates, get_attention
+from lotsim.model.config import ModelConfig
+from lotsim.model.rope import Rope, rope_tables
+
+
+@dataclass
+class ModelOutput:
+    """What :meth:`LOTModel.forward` returns.
+
+    Attributes:
+        logits: (b, t, v).
+        loss: () mean cross-entropy over positions whose target != ignore_index, or None without targets.
+        intermediates: one :class:`Intermediates` per layer when asked, else None.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    intermediates: list[Intermediates] | None = None
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain (no bias): (..., D) -> (..., D)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class SwiGLU(nn.Module):
+    """``w_down(silu(w_gate x) * w_up x)``: (b, t, D) -> (b, t, D), hidden width f."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.w_gate = nn.Linear(d_model, hidden, bias=False)
+        self.w_up = nn.Linear(d_model, hidden, bias=False)
+        self.w_down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block around a registered attention variant."""
+
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.norm_attn = RMSNorm(config.d_model, config.norm_eps)
+        self.attn: Attention = get_attention(config.attention)(config, config.options(), layer)
+        self.norm_mlp = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config.d_model, config.d_ff)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: Rope, return_intermediates: bool = False,
+                interventions: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, Intermediates | None]:
+        """(b, t, D) -> ((b, t, D), this layer's intermediates or None)."""
+        a, inter = self.attn(self.norm_attn(x), rope, return_intermediates=return_intermediates,
+                             interventions=interventions)
+        x = x + self.drop(a)
+        x = x + self.drop(self.mlp(self.norm_mlp(x)))
+        return x, inter
+
+
+class LOTModel(nn.Module):
+    """Decoder-only language model; the attention variant is ``config.attention``.
+
+    Args:
+        config: a validated :class:`ModelConfig`.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied embeddings
+        cos, sin = rope_tables(config.seq_len, config.head_dim, config.rope_base, torch.get_default_dtype())
+        self.register_buffer("rope_cos", cos, persistent=False)  # (seq_len, d)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """normal(0, init_std) for embeddings and linear layers, init_std / sqrt(2 n_layers) for the
+        residual output projections (GPT-2), then each attention's own :meth:`Attention.init_parameters`."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+        for block in self.blocks:
+            nn.init.normal_(block.mlp.w_down.weight, std=std / math.sqrt(2 * self.config.n_layers))
+            if isinstance(getattr(block.attn, "out", None), nn.Linear):
+                nn.init.normal_(block.attn.out.weight, std=std / math.sqrt(2 * self.config.n_layers))
+            block.attn.init_parameters(std)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                return_intermediates: bool = False,
+                interventions: Mapping[int, Mapping[str, Any]] | None = None,
+                ignore_index: int = -100) -> ModelOutput:
+        """Logits (and loss, and per-layer telemetry) for a batch of token ids.
+
+        Args:
+            idx: (b, t) int64 token ids, t <= seq_len.
+            targets: (b, t) int64 next-token ids, or None.
+            return_intermediates: collect each layer's :class:`Intermediates`.
+            interventions: ``{layer index: {name: value}}`` inference-time overrides passed to that
+                layer's attention (see its ``intervention_names``).
+            ignore_index: target id excluded from the loss.
+
+        Returns:
+            :class:`ModelOutput` (logits (b, t, v), loss () or None, intermediates list or None).
+        """
+        b, t = idx.shape
+        if t > self.config.seq_len:
+            raise ValueError(f"sequence length {t} exceeds the model's seq_len={self.config.seq_len}")
+        interventions = interventions or {}
+        bad = sorted(set(interventions) - set(range(self.config.n_layers)), key=str)
+        if bad:
+            raise ValueError(f"interventions name layer(s) {bad}; the model has layers "
+                             f"0..{self.config.n_layers - 1}")
+        rope = Rope(self.rope_cos[:t], self.rope_sin[:t])
+        x = self.drop(self.tok_emb(idx))  # (b, t, D)
+        collected: list[Intermediates] = []
+        for layer, block in enumerate(self.blocks):
+            x, inter = block(x, rope, return_intermediates, interventions.get(layer))
+            if return_intermediates:
+                collected.append(inter)
+        logits = self.lm_head(self.norm(x))  # (b, t, v)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(b * t, -1), targets.reshape(b * t),
+                                   ignore_index=ignore_index)
+        return ModelOutput(logits, loss, collected if return_intermediates else None)
+
+    def regularization_losses(self, intermediates: list[Intermediates]) -> dict[str, torch.Tensor]:
+        """Each attention's named regularisers, averaged over the layers that report them."""
+        sums: dict[str, list[torch.Tensor]] = {}
+        for block, inter in zip(self.blocks, intermediates):
+            for name, value in block.attn.regularization_losses(inter).items():
+                sums.setdefault(name, []).append(value)
+        return {name: torch.stack(values).mean() for name, values in sums.items()}

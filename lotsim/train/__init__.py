@@ -1,0 +1,35 @@
+"""Training and evaluation: recipes, the loop, checkpoints, held-out evaluation, comparisons.
+
+``lotsim.train`` imports torch and the model; the CLI imports it inside its commands only.
+
+Public API::
+
+    TrainingRecipe, load_training_recipe           # recipes (recipe.py)
+    train, TrainResult, TrainingInterrupted        # the loop (loop.py)
+    evaluate, evaluate_checkpoint                  # held-out metrics (evaluate.py)
+    save_checkpoint, load_checkpoint               # checkpoints (checkpoint.py)
+    run_comparison, parse_arms                     # multi-seed studies (compare.py)
+"""
+
+from __future__ import annotations
+
+from lotsim.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from lotsim.train.compare import parse_arms, run_comparison
+from lotsim.train.evaluate import evaluate, evaluate_checkpoint
+from lotsim.train.loop import TrainingInterrupted, TrainResult, train
+from lotsim.train.recipe import TrainingRecipe, load_training_recipe
+
+__all__ = [
+    "TrainResult",
+    "TrainingInterrupted",
+    "TrainingRecipe",
+    "evaluate",
+    "evaluate_checkpoint",
+    "load_checkpoint",
+    "load_training_recipe",
+    "parse_arms",
+    "resolve_checkpoint",
+    "run_comparison",
+    "save_checkpoint",
+    "train",
+]
