@@ -63,6 +63,7 @@ except ImportError:
     Kuramoto = None
 
 DT = 0.01
+WARMUP_STEPS = 20  # enough for the numba backend to try (and load) both thread layouts
 COUPLING = 2.0
 NORMALIZATION = "degree"  # the kuramoto package divides K by the in-degree
 
@@ -273,7 +274,7 @@ def _memory_worker(payload: str) -> None:
     spec = job["case"]
     case = Case(spec["name"], spec["spec"], spec["steps"], tuple(spec["couplings"]), spec["seed"])
     run = IMPLEMENTATIONS[job["implementation"]](case)
-    run(2)  # loads numba's cached kernel / torch's first-call state: a one-time cost, not the run's memory
+    run(WARMUP_STEPS)  # loads numba's cached kernels / torch's first-call state: once per process, not the run's
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -305,7 +306,7 @@ def _time_worker(payload: str) -> None:
     spec = job["case"]
     case = Case(spec["name"], spec["spec"], spec["steps"], tuple(spec["couplings"]), spec["seed"])
     run = IMPLEMENTATIONS[job["implementation"]](case)
-    run(2)
+    run(WARMUP_STEPS)
     seconds = []
     for _ in range(job["repeats"]):
         start = time.perf_counter()
@@ -324,8 +325,8 @@ def measure_case(case: Case, names: list[str], repeats: int, *, memory: tuple[st
     named in ``memory`` (in subprocesses)."""
     load_before = os.getloadavg()
     runners = {name: IMPLEMENTATIONS[name](case) for name in names if name not in ONE_THREAD}
-    for run in runners.values():  # warm-up: JIT/cache load, first-call allocations
-        run(2)
+    for run in runners.values():  # warm-up: JIT/cache load (both thread layouts), first-call allocations
+        run(WARMUP_STEPS)
     walls = {name: [] for name in names}
     finals = {}
     for rep in range(repeats):
@@ -373,9 +374,9 @@ def measure_batched(spec: dict, b: int, steps: int, repeats: int, log=print) -> 
     for name in ("numba f64 rk4", "torch f64 rk4"):
         run_batched = IMPLEMENTATIONS[name](batched)
         run_singles = [IMPLEMENTATIONS[name](case) for case in singles]
-        run_batched(2)
+        run_batched(WARMUP_STEPS)
         for run in run_singles:
-            run(2)
+            run(WARMUP_STEPS)
         t_batched, t_loop = [], []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -408,7 +409,11 @@ def measure_memory_flat(spec: dict, steps: tuple[int, ...], log=print) -> list[d
 
 def measure_io(spec: dict, steps: int, save_every: tuple[int, ...], repeats: int, log=print) -> list[dict]:
     """Integrate ``steps`` with the numba backend, writing a frame every ``save_every`` steps to H5MD
-    (``lotsim.io.h5md.TrajectoryWriter``: chunks of ~256 KiB, float32 phases + the order parameter)."""
+    (``lotsim.io.h5md.TrajectoryWriter``: chunks of ~256 KiB, lzf, float32 phases + the order parameter).
+
+    Two ways to get the frame's order parameter: numpy on the phases, and lotsim's torch
+    ``order_parameter`` as the simulation runner records it (torch threads as set for the benchmark).
+    """
     try:
         from lotsim.io.h5md import TrajectoryWriter
     except ImportError:
@@ -419,39 +424,46 @@ def measure_io(spec: dict, steps: int, save_every: tuple[int, ...], repeats: int
     system = KuramotoSystem(torch.as_tensor(case.omega), torch.tensor([[COUPLING]], dtype=torch.float64), op)
     integ = make_integrator(system, backend="numba", method="rk4", dt=DT)
     theta0 = torch.as_tensor(case.theta0)
-    integ.step_fn(integ.init_fn(theta0), 2)
+    integ.step_fn(integ.init_fn(theta0), WARMUP_STEPS)
+
+    def r_numpy(state):
+        return order_parameter(state.theta.numpy())
+
+    def r_torch(state):
+        return lotsim_order_parameter(state.theta)[0].double().numpy()
+
+    variants = [(None, None)] + [(every, how) for every in save_every for how in ("numpy r", "torch r")]
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for every in (None, *save_every):
+        for every, how in variants:
             walls = []
             for rep in range(repeats):
-                path = Path(tmp) / f"traj_{every}_{rep}.h5"
+                path = Path(tmp) / f"traj_{every}_{how}_{rep}.h5".replace(" ", "_")
                 start = time.perf_counter()
                 state = integ.init_fn(theta0)
                 if every is None:
                     state = integ.step_fn(state, steps)
                 else:
+                    order = r_numpy if how == "numpy r" else r_torch
                     with TrajectoryWriter(path, mode="w") as writer:
                         writer.add_particles("oscillators", n_replicas=1, n_nodes=case.n, dtype=np.float32,
                                              observables={"order_parameter": ((), np.float64)})
-                        while state.step < steps:  # as lotsim.simulation's runner records a frame
+                        while state.step < steps:
                             state = integ.step_fn(state, every)
-                            r, _ = lotsim_order_parameter(state.theta)
                             writer.append("oscillators", np.array([state.step]), np.array([state.step * DT]),
                                           state.theta.numpy().astype(np.float32)[None],
-                                          observables={"order_parameter": r.double().numpy()[None]})
+                                          observables={"order_parameter": order(state)[None]})
                 walls.append(time.perf_counter() - start)
-            row = {"lattice": case.lattice.name, "n": case.n, "steps": steps, "save_every": every,
-                   "frames": 0 if every is None else steps // every, "seconds": walls,
-                   "median_seconds": statistics.median(walls),
-                   "file_mb": 0.0 if every is None else path.stat().st_size / 2**20}
-            out.append(row)
+            out.append({"lattice": case.lattice.name, "n": case.n, "steps": steps, "save_every": every,
+                        "order_parameter": how, "frames": 0 if every is None else steps // every, "seconds": walls,
+                        "median_seconds": statistics.median(walls),
+                        "file_mb": 0.0 if every is None else path.stat().st_size / 2**20})
     base = out[0]["median_seconds"]
     for row in out:
         row["overhead"] = row["median_seconds"] / base - 1.0
         row["ms_per_frame"] = 1e3 * (row["median_seconds"] - base) / row["frames"] if row["frames"] else None
-        log(f"  io save_every={row['save_every']!s:>5}: {row['median_seconds']:.3g} s "
-            f"({100 * row['overhead']:+.0f}% vs no output"
+        log(f"  io save_every={row['save_every']!s:>5} {row['order_parameter'] or '':<8}: "
+            f"{row['median_seconds']:.3g} s ({100 * row['overhead']:+.0f}% vs no output"
             + ("" if row["ms_per_frame"] is None else f", {row['ms_per_frame']:.3f} ms per frame")
             + f"), file {row['file_mb']:.1f} MB")
     return out
@@ -532,10 +544,12 @@ def markdown(report: dict) -> str:
                   + ", ".join(f"{r['steps']} steps +{r['peak_rss_increase_mb']:.1f} MB" for r in report["memory"])]
     if report.get("io"):
         lines += ["", "Trajectory writing (numba f64 RK4, H5MD float32 frames + order parameter, chunked appends):",
-                  "", "| save_every | seconds | overhead vs no output | file (MB) |", "| --- | --- | --- | --- |"]
+                  "", "| save_every | order parameter | seconds | overhead vs no output | ms per frame | file (MB) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for r in report["io"]:
-            lines.append(f"| {r['save_every'] or 'no output'} | {r['median_seconds']:.3g} | "
-                         f"{100 * r['overhead']:+.0f}% | {r['file_mb']:.1f} |")
+            per = "–" if r["ms_per_frame"] is None else f"{r['ms_per_frame']:.2f}"
+            lines.append(f"| {r['save_every'] or 'no output'} | {r['order_parameter'] or '–'} | "
+                         f"{r['median_seconds']:.3g} | {100 * r['overhead']:+.0f}% | {per} | {r['file_mb']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

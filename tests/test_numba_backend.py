@@ -89,6 +89,15 @@ def test_parity_harmonics_frustration_and_ring():
     _close(*_both(mf, _theta0(mf)))
 
 
+@pytest.mark.parametrize("layout", ["neighbours", "sparse"])
+def test_parity_irregular_graph_with_weights(layout):
+    lattice = build_lattice("small-world", n=200, k=4, p=0.2, seed=3)
+    rng = np.random.default_rng(5)
+    lattice = lattice.with_edge_weights(rng.uniform(0.5, 1.5, lattice.num_edges))
+    system = _system(layout, lattice=lattice)
+    _close(*_both(system, _theta0(system)))
+
+
 @pytest.mark.parametrize("method", ["heun", "rk4"])
 def test_parity_inertia(method):
     system = _system("neighbours", inertia=0.5)
@@ -169,39 +178,49 @@ def test_layout_tuner_prefers_the_faster_layout_and_re_measures_the_slower(monke
     monkeypatch.setattr(nb.time, "perf_counter", lambda: clock[0])
     tuner, both = nb._LayoutTuner(), ("replicas", "nodes")
     assert tuner.plan(("replicas",), 1000) == ("replicas", 1000)  # one candidate: one call
-    # learning: each layout twice, alternately; a slow first sample (JIT load, preemption) does not count
-    assert tuner.plan(both, 1000) == ("replicas", 4)
-    tuner.record(both, "replicas", 4, 4 * 50e-3)
-    assert tuner.plan(both, 1000) == ("nodes", 1)  # sized from the only cost known
-    tuner.record(both, "nodes", 1, 1 * 10e-3)
-    assert tuner.plan(both, 1000) == ("replicas", 1)
-    tuner.record(both, "replicas", 1, 1 * 1e-3)
-    assert tuner.plan(both, 1000) == ("nodes", 2)
-    tuner.record(both, "nodes", 2, 2 * 10e-3)  # 10x slower (a busy machine)
+
+    def step(layout, steps, per_step):
+        assert tuner.plan(both, 10**6) == (layout, steps)
+        tuner.record(both, layout, steps, steps * per_step)
+
+    # learning: each layout twice, alternately, on few steps; a slow first sample does not count
+    step("replicas", 2, 50e-3)  # e.g. a first call
+    step("nodes", 2, 10e-3)
+    step("replicas", 1, 1e-3)  # sized by its (first, slow) cost
+    step("nodes", 2, 10e-3)  # 10x slower (a busy machine)
+    for steps in (2, 4, 8, 16, 32, 64, 128):  # segments on the faster layout, doubling up to _SEGMENT_SECONDS
+        step("replicas", steps, 1e-3)
     assert tuner.plan(both, 10**6) == ("replicas", int(nb._SEGMENT_SECONDS / 1e-3))
     clock[0] += 2.5  # past the first wait (2 s): re-measured on a short segment, loses, the wait doubles
-    assert tuner.plan(both, 10**6) == ("nodes", int(nb._PROBE_SECONDS / 10e-3))
-    tuner.record(both, "nodes", 2, 2 * 10e-3)
+    step("nodes", int(nb._PROBE_SECONDS / 10e-3), 10e-3)
     clock[0] += 2.5
     assert tuner.plan(both, 10**6)[0] == "replicas"
     clock[0] += 2.0
-    assert tuner.plan(both, 10**6)[0] == "nodes"
-    tuner.record(both, "nodes", 2, 2 * 0.5e-3)  # the cores are free again: nodes wins
+    step("nodes", int(nb._PROBE_SECONDS / 10e-3), 0.5e-3)  # the cores are free again: nodes wins
     assert tuner.plan(both, 10**6)[0] == "replicas"  # ...and the now stale replicas cost is re-measured
     tuner.record(both, "replicas", 20, 20 * 1e-3)
-    assert tuner.plan(both, 10**6) == ("nodes", int(nb._SEGMENT_SECONDS / 0.5e-3))
+    assert tuner.plan(both, 10**6) == ("nodes", 2 * int(nb._PROBE_SECONDS / 10e-3))  # grows from its probe
 
 
-def test_lattice_runs_cover_every_node():
-    index, weight = build_lattice("square", shape=(24, 24)).neighbour_table()
-    pieces, block_pieces, offset, _ = nb._lattice_runs(index.astype(np.uint32), weight, 3)
-    assert pieces[0, 0] == 0 and pieces[-1, 1] == 576 and np.all(pieces[1:, 0] == pieces[:-1, 1])
-    assert (pieces[:, 2] >= 0).sum() == offset.shape[0] > 0
-    for p in range(pieces.shape[0]):  # each run's rows are translates of its first row
-        lo, hi, run = pieces[p]
+@pytest.mark.parametrize("lattice", [build_lattice("square", shape=(24, 24)), build_lattice("chain", n=40),
+                                     build_lattice("random-regular", n=60, degree=3),
+                                     build_lattice("small-world", n=200, k=4, p=0.05)])
+def test_lattice_runs_cover_every_node(lattice):
+    index, weight = lattice.neighbour_table()
+    n_blocks = -(-lattice.n // nb._BLOCK)
+    pieces, block_pieces, offset, run_weight = nb._lattice_runs(index.astype(np.uint32), weight, n_blocks)
+    assert pieces[0, 0] == 0 and pieces[-1, 1] == lattice.n and np.all(pieces[1:, 0] == pieces[:-1, 1])
+    runs = pieces[:, 2][pieces[:, 2] >= 0]
+    assert np.array_equal(runs, np.arange(offset.shape[0]))
+    assert np.all(pieces[pieces[:, 2] >= 0, 1] - pieces[pieces[:, 2] >= 0, 0] >= nb._MIN_RUN)
+    assert not np.any((pieces[1:, 2] == -1) & (pieces[:-1, 2] == -1))  # short runs are merged
+    for lo, hi, run in pieces:  # a run's rows are translates of its first row, with its weights
         if run >= 0:
-            expect = (np.arange(lo, hi)[:, None] + offset[run].view(np.int64)[None]).astype(np.int64)
-            assert np.array_equal(index[lo:hi].astype(np.int64), expect)
+            expect = np.arange(lo, hi)[:, None] + offset[run].view(np.int64)[None]
+            assert np.array_equal(index[lo:hi], expect) and np.all(weight[lo:hi] == run_weight[run])
+    for blk, (first, stop) in enumerate(block_pieces):  # every block's nodes are in its pieces
+        lo, hi = blk * nb._BLOCK, min((blk + 1) * nb._BLOCK, lattice.n)
+        assert pieces[first, 0] <= lo and pieces[stop - 1, 1] >= hi
 
 
 def test_free_rotation_is_exact():

@@ -17,8 +17,9 @@ does every step. Per Runge-Kutta stage, one pass over blocks of nodes
    harmonic per stage, with a branch-free vectorisable ``sincos`` (Cody-Waite reduction, fdlibm
    polynomials, within 1 ulp of libm for |x| < 1e6; larger phases take libm per block).
 
-Only step 4's buffers are read across nodes, so they are double-buffered and everything else is
-updated in place: memory is O(N + E) per replica and flat in the number of steps. Threads split the
+Only step 4's buffers are read across nodes, so they are double-buffered; steps 1-3 work in per-thread
+scratch of one block (it stays in L1) or update the state and the Runge-Kutta accumulators in place:
+memory is O(N + E) per replica and flat in the number of steps. Threads split the
 replicas (one parallel region per call), or blocks of nodes (one parallel region per stage) where
 that measures faster (see :class:`_LayoutTuner`); results are bitwise equal either way. The thread
 count follows ``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``.
@@ -63,7 +64,7 @@ _ONE = np.uint64(1)
 _NOISE_CHUNK_BYTES = 8 << 20  # noise increments generated ahead, per chunk of steps
 _PARALLEL_MIN_NODES = 16384  # below this, one thread per call beats one barrier per stage (measured)
 _MIN_RUN = 16  # shortest run of translated table rows read at fixed offsets instead of gathered
-_USE_RUNS = True
+_USE_RUNS = True  # False: gather every node through the table (tests compare both paths)
 _CHUNK_MIN = 4  # blocks per parallel work item, at least
 _SEGMENT_SECONDS = 0.2  # with two candidate thread layouts, steps run in segments of about this long,
 _PROBE_SECONDS = 0.02  # the slower layout is re-measured on a segment this long,
@@ -460,23 +461,20 @@ def _lattice_runs(index: np.ndarray, weight: np.ndarray, n_blocks: int):
     n, k = index.shape
     offset = index.astype(np.int64) - np.arange(n)[:, None]
     same = np.all(offset[1:] == offset[:-1], axis=1) & np.all(weight[1:] == weight[:-1], axis=1)
-    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))  # maximal runs of translated rows
     ends = np.append(starts[1:], n)
-    pieces, run_starts = [], []
-    for lo, hi in zip(starts.tolist(), ends.tolist()):
-        if hi - lo >= _MIN_RUN:
-            pieces.append([lo, hi, len(run_starts)])
-            run_starts.append(lo)
-        elif pieces and pieces[-1][2] == -1:
-            pieces[-1][1] = hi  # merge neighbouring short runs into one gathered piece
-        else:
-            pieces.append([lo, hi, -1])
-    pieces = np.array(pieces, dtype=np.int64).reshape(-1, 3)
+    long = ends - starts >= _MIN_RUN
+    # a piece is one long run, or consecutive short runs merged (gathered through the table)
+    first = long | np.concatenate([[True], long[:-1]])
+    last = np.append(first[1:], True)
+    run_of_piece = np.where(long[first], np.cumsum(long)[first] - 1, -1)
+    pieces = np.stack([starts[first], ends[last], run_of_piece], axis=1)
+    run_starts = starts[long]
+    pieces = pieces.astype(np.int64).reshape(-1, 3)
     block_lo = np.arange(n_blocks, dtype=np.int64) * _BLOCK
     block_hi = np.minimum(block_lo + _BLOCK, n)
     block_pieces = np.stack([np.searchsorted(pieces[:, 1], block_lo, side="right"),
                              np.searchsorted(pieces[:, 0], block_hi, side="left")], axis=1).astype(np.int64)
-    run_starts = np.array(run_starts, dtype=np.int64)
     return (pieces, block_pieces, np.ascontiguousarray(offset[run_starts]).view(np.uint64).reshape(-1, k),
             np.ascontiguousarray(weight[run_starts]).reshape(-1, k))
 
@@ -521,24 +519,25 @@ class _LayoutTuner:
 
     Both layouts give bitwise-equal results. Splitting nodes synchronises the threads once per stage:
     on idle cores that nearly doubles the speed of one large replica on two threads, but when other
-    processes hold the cores every barrier may wait for a descheduled thread, and the run can get
-    several times slower than on one thread. So with two candidates each is first measured twice
-    (alternately, on short segments; the faster of its two counts, so a first-call or preempted
-    sample does not decide), then the run goes in segments of about ``_SEGMENT_SECONDS`` on the
-    faster layout (each segment updating its cost), and the other one is re-measured on a short
-    segment after ``_PROBE_AFTER`` seconds, doubling up to ``_PROBE_MAX`` while it stays slower.
+    processes hold the cores every barrier may wait for a descheduled thread, and a step can take 10
+    to 100 times longer than on one thread. So with two candidates each is first measured twice,
+    alternately, on a few steps (its faster sample counts: a first call or a preemption does not
+    decide); then the run goes in segments of about ``_SEGMENT_SECONDS`` on the faster layout (each
+    segment updating its cost) and the other one is re-measured on a segment of about
+    ``_PROBE_SECONDS`` after ``_PROBE_AFTER`` seconds, doubling up to ``_PROBE_MAX`` while it stays
+    slower. A layout's segment is at most twice its previous one, so a wrong estimate costs little.
     """
 
     def __init__(self):
         self.cost: dict[str, float] = {}  # layout -> seconds per step
         self.count: dict[str, int] = {}  # layout -> number of measurements
-        self.when: dict[str, float] = {}  # layout -> time of the last measurement
+        self.steps: dict[str, int] = {}  # layout -> steps of its last segment
+        self.when: dict[str, float] = {}  # layout -> time of its last measurement
         self.wait: dict[str, float] = {}  # layout -> seconds before it is measured again
 
     def plan(self, layouts: tuple[str, ...], remaining: int) -> tuple[str, int]:
         if len(layouts) == 1:
             return layouts[0], remaining
-        known = [self.cost[x] for x in layouts if x in self.cost]
         learning = min(layouts, key=lambda x: self.count.get(x, 0))
         if self.count.get(learning, 0) < 2:
             layout, budget = learning, _PROBE_SECONDS
@@ -548,8 +547,9 @@ class _LayoutTuner:
             for x in layouts:
                 if x != layout and now - self.when[x] > self.wait.get(x, _PROBE_AFTER):
                     layout, budget = x, _PROBE_SECONDS
-        per_step = self.cost.get(layout, min(known)) if known else None  # a slow layout gets few steps
-        steps = int(budget / per_step) if per_step else 4
+        if layout not in self.cost:
+            return layout, min(2, remaining)
+        steps = min(int(budget / self.cost[layout]), 2 * self.steps[layout])
         return layout, max(1, min(steps, remaining))
 
     def record(self, layouts: tuple[str, ...], layout: str, steps: int, seconds: float) -> None:
@@ -559,6 +559,7 @@ class _LayoutTuner:
         count = self.count.get(layout, 0)
         self.cost[layout] = min(cost, self.cost[layout]) if count == 1 else cost
         self.count[layout] = count + 1
+        self.steps[layout] = steps
         self.when[layout] = time.perf_counter()
         if all(self.count.get(x, 0) >= 2 for x in layouts):
             best = min(layouts, key=self.cost.__getitem__)
