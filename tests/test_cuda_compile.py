@@ -100,6 +100,12 @@ def _find_nvrtc() -> str | None:
         candidates.append(load_nvidia_dynamic_lib("nvrtc").abs_path)
     except Exception:  # not installed, or no NVRTC anywhere
         pass
+    try:  # the nvidia-cuda-nvrtc wheel (in the dev extra): site-packages/nvidia/cu*/lib/libnvrtc.so.*
+        import nvidia
+        candidates += sorted(str(p) for root in nvidia.__path__ for p in Path(root).glob("cu*/lib/libnvrtc.so.*")
+                             if "builtins" not in p.name)
+    except ImportError:
+        pass
     return next((c for c in candidates if c), None)
 
 
