@@ -7,12 +7,14 @@ import json
 import math
 import shutil
 import tracemalloc
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import lotsim
 from lotsim.analysis.order import analyze_order
 from lotsim.cli import app
 from lotsim.io import Trajectory, TrajectoryWriter, open_trajectory
@@ -133,6 +135,19 @@ def test_order_plot_writes_pngs_next_to_the_file(runs):
         assert str(runs["twisted"].parent / "plots") in path
         if path.endswith(".png"):
             assert (runs["twisted"].parent / "plots" / path.rsplit("/", 1)[-1]).stat().st_size > 20_000
+    assert out["lotsim_version"] == lotsim.__version__
+
+
+def test_plots_record_what_made_them(runs):
+    from PIL import Image
+
+    out = analyze_json("order", runs["twisted"], "--plot", "--svg")
+    png, svg = (next(p for p in out["plots"] if p.endswith(f"_order.{ext}")) for ext in ("png", "svg"))
+    text = Image.open(png).text
+    assert text["Software"] == f"lotsim {lotsim.__version__}" and text["Source"] == str(runs["twisted"].resolve())
+    assert "order" in text["Description"]
+    assert f"lotsim {lotsim.__version__}" in Path(svg).read_text() and str(runs["twisted"].resolve()) in Path(
+        svg).read_text()
 
 
 def test_order_table_without_json(runs):

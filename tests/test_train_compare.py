@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 from typer.testing import CliRunner
 
+import lotsim
 from lotsim.cli import app
 from lotsim.train import load_checkpoint, load_training_recipe
 from lotsim.train.compare import arm_recipes, difference, parse_arms, run_comparison
@@ -79,7 +80,8 @@ def test_comparison_runs_every_arm_lr_and_seed_and_reports(tmp_path):
     assert "vs_baseline" not in report["arms"]["vanilla"]["metrics"]["loss"]
     for name in ("report.json", "report.md", "comparison.png", "recipe.base.toml"):
         assert (tmp_path / name).is_file(), name
-    assert json.loads((tmp_path / "report.json").read_text())["arms"].keys() == report["arms"].keys()
+    stored = json.loads((tmp_path / "report.json").read_text())
+    assert stored["arms"].keys() == report["arms"].keys() and stored["lotsim_version"] == lotsim.__version__
     assert "paired" in (tmp_path / "report.md").read_text()
     # the same seed of two arms saw the same data: identical first validation batch, same init seed
     run = tmp_path / "runs" / "lattice:no-oscillator" / f"lr{lattice['lr']:g}" / "seed1" / "checkpoints" / "last.pt"

@@ -44,15 +44,28 @@ def _figure(width: float = 6.4, height: float = 4.4, nrows: int = 1, ncols: int 
     return fig, fig.subplots(nrows, ncols, squeeze=False, **kwargs)
 
 
-def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+def provenance(sources: Sequence[str | Path], what: str) -> dict[str, str]:
+    """Figure metadata naming the lotsim version, the analysis and the trajectory files it read.
+
+    PNG keeps these as text chunks, SVG as Dublin Core: a figure found later says what made it.
+    """
+    from lotsim import __version__
+
+    return {"Creator": f"lotsim {__version__}", "Source": ", ".join(str(Path(p).resolve()) for p in sources),
+            "Description": f"lotsim analyze: {what}"}
+
+
+def _save(fig, out_dir: Path, stem: str, formats: Sequence[str], sources: Sequence[str | Path]) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    metadata = provenance(sources, stem)
     paths = []
     for fmt in formats:
         if fmt not in FORMATS:
             raise ValueError(f"plot format {fmt!r} is not allowed; use png or svg")
         path = out_dir / f"{stem}.{fmt}"
-        fig.savefig(path, dpi=150)
+        png = {"Software": metadata["Creator"], **metadata}
+        fig.savefig(path, dpi=150, metadata=png if fmt == "png" else metadata)
         paths.append(path)
     return paths
 
@@ -159,7 +172,7 @@ def plot_order(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> list
         ax_w.set_axis_off()
         ax_w.text(0.5, 0.5, "no stationary window\nfor effective frequencies", ha="center", va="center")
     fig.suptitle(info.label)
-    paths = _save(fig, out_dir, f"{stem}_order", formats)
+    paths = _save(fig, out_dir, f"{stem}_order", formats, [info.path])
     if report.potential is not None:
         paths += plot_potential(report, out_dir, formats)
     return paths
@@ -184,7 +197,7 @@ def plot_potential(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> 
     else:
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(info.label)
-    return _save(fig, out_dir, f"{info.path.stem}_potential", formats)
+    return _save(fig, out_dir, f"{info.path.stem}_potential", formats, [info.path])
 
 
 # -------------------------------------------------------------------------------------- transition
@@ -226,7 +239,7 @@ def plot_transition(report, out_dir: Path, formats: Sequence[str] = ("png",), st
     ax_chi.set(xlabel="coupling K", ylabel="susceptibility χ")
     ax_chi.legend(loc="upper right", fontsize=8)
     fig.suptitle(report.label)
-    return _save(fig, out_dir, stem or f"{report.files[0].stem}_transition", formats)
+    return _save(fig, out_dir, stem or f"{report.files[0].stem}_transition", formats, report.files)
 
 
 # ----------------------------------------------------------------------------------- phase fields
@@ -325,7 +338,7 @@ def plot_snapshot(path: str | Path, *, frame: int = -1, replica: int = 0, out: s
     out_dir, stem = _out(path, out, f"{info.path.stem}_snapshot_r{replica}_f{index}")
     return {"frame": index, "replica": replica, "time": float(info.times[index]),
             "r": float(abs(np.exp(1j * theta).mean())), "kind": drawer.kind,
-            "plots": [str(p) for p in _save(fig, out_dir, stem, formats)], "warnings": info.warnings}
+            "plots": [str(p) for p in _save(fig, out_dir, stem, formats, [info.path])], "warnings": info.warnings}
 
 
 def _out(path, out, stem: str) -> tuple[Path, str]:
@@ -363,8 +376,8 @@ def plot_spacetime(path: str | Path, *, replica: int = 0, out: str | Path | None
     ax.set(xlabel="node j", ylabel=TIME_LABEL, title=f"space-time diagram, {_replica_label(info, replica)}")
     fig.suptitle(info.label)
     out_dir, stem = _out(path, out, f"{info.path.stem}_spacetime_r{replica}")
-    return {"replica": replica, "frames": int(keep.size), "plots": [str(p) for p in _save(fig, out_dir, stem, formats)],
-            "warnings": info.warnings}
+    paths = _save(fig, out_dir, stem, formats, [info.path])
+    return {"replica": replica, "frames": int(keep.size), "plots": [str(p) for p in paths], "warnings": info.warnings}
 
 
 def _movie_writer(out: Path, fps: int):
@@ -490,4 +503,4 @@ def plot_defects(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> li
     else:
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(info.label)
-    return _save(fig, out_dir, f"{info.path.stem}_defects", formats)
+    return _save(fig, out_dir, f"{info.path.stem}_defects", formats, [info.path])

@@ -131,6 +131,9 @@ def plot_run_telemetry(summary: dict[str, Any], path: str | Path) -> Path:
     fig.suptitle(summary["run_dir"], fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    from lotsim.analysis.plots import provenance
+
+    meta = provenance([summary["run_dir"]], "run telemetry")
+    fig.savefig(path, dpi=120, metadata={"Software": meta["Creator"], **meta} if path.suffix == ".png" else meta)
     plt.close(fig)
     return path

@@ -41,6 +41,9 @@ def _fmt(value, spec: str = ".4g") -> str:
 
 
 def _done(json_: bool, summary: dict, table) -> None:
+    from lotsim import __version__
+
+    summary.setdefault("lotsim_version", __version__)  # every report says which lotsim made it
     _warn(summary.get("warnings", []))
     if json_:
         print_json(summary)

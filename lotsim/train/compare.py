@@ -263,7 +263,11 @@ def build_report(base: TrainingRecipe, runs: dict, chosen: dict, params: dict, b
     arms = list(runs)
     selected = {arm: runs[arm][chosen[arm]] for arm in arms}
     metric_names = sorted(set.union(*(set(r["test"]) for arm in arms for r in selected[arm])))
+    from lotsim import __version__
+    from lotsim.simulation import git_commit
+
     report: dict[str, Any] = {
+        "lotsim_version": __version__, "git_commit": git_commit(),
         "recipe": base.name, "task": base.task.kind, "steps": base.train.steps, "seeds": seeds, "lrs": lrs,
         "baseline": baseline, "selection": f"lr per arm by mean validation {base.train.best_metric} over seeds",
         "evaluation": "test split, best-on-validation checkpoint", "metrics": metric_names, "arms": {},
@@ -363,6 +367,9 @@ def plot_comparison(report: dict[str, Any], path: str | Path) -> Path:
         ax.set_title(f"test {metric}", fontsize=9)
     fig.suptitle(f"{report['recipe']}: {len(report['seeds'])} seeds (dots), mean ± sd (black)", fontsize=9)
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    from lotsim import __version__
+
+    meta = {"Creator": f"lotsim {__version__}", "Description": f"lotsim compare: {report['recipe']}"}
+    fig.savefig(path, dpi=120, metadata={"Software": meta["Creator"], **meta} if path.suffix == ".png" else meta)
     plt.close(fig)
     return path
