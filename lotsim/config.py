@@ -40,6 +40,7 @@ class LatticeSection(Section):
     weights: WeightKind = "uniform"
     lattice_constant: Annotated[float, Field(gt=0)] = 1.0
     exponent: float = 1.0
+    coupling_range: Annotated[float, Field(gt=0)] | None = None
     k: Annotated[int, Field(ge=1)] = 4
     p: Annotated[float, Field(ge=0, le=1)] = 0.1
     degree: Annotated[int, Field(ge=1)] = 3

@@ -181,6 +181,30 @@ class Lattice:
             raise ValueError(f"unknown weight kind {kind!r}; allowed: {', '.join(WEIGHT_KINDS)}")
         return self.with_edge_weights(w)
 
+    def with_range(self, coupling_range: float) -> Lattice:
+        """Copy coupling every pair of nodes within (minimum-image) distance ``coupling_range``.
+
+        Nonlocal coupling: with ``exp``/``power`` weights on top this gives the kernels of chimera
+        states (Kuramoto-Battogtokh: exp(-d/l) over the whole ring) and of range-R lattices. Pairs come
+        from a k-d tree (periodic boxes included), so no n x n matrix is built. The result is
+        undirected with weight 1 (apply :meth:`with_weights` afterwards) and keeps the positions, box
+        and grid shape; its ``graph`` is None (``to_networkx`` builds one).
+        """
+        from scipy.spatial import cKDTree
+
+        if not coupling_range > 0:
+            raise ValueError(f"coupling_range must be > 0 (lattice units), got {coupling_range}")
+        if self.positions.shape[1] == 0:
+            raise ValueError(f"coupling_range needs node positions; {self.name!r} has none (use ring, chain, "
+                             "square, hypercubic, or open triangular/hexagonal lattices)")
+        tree = cKDTree(self.positions, boxsize=self.box)
+        pairs = tree.query_pairs(float(coupling_range) * (1 + 1e-12), output_type="ndarray").astype(np.int64)
+        pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]  # deterministic edge order
+        src = np.concatenate([pairs[:, 0], pairs[:, 1]])
+        dst = np.concatenate([pairs[:, 1], pairs[:, 0]])
+        return replace(self, name=f"{self.name} range {coupling_range:g}", edges=(src, dst, np.ones(src.shape[0])),
+                       directed=False, complete=False, graph=None)
+
     def to_networkx(self) -> nx.DiGraph:
         """The lattice as a weighted networkx DiGraph with integer nodes (edge j -> i)."""
         g = nx.DiGraph()
@@ -254,6 +278,7 @@ def build_lattice(
     path: str | Path | None = None,
     directed: bool = False,
     seed: int = 0,
+    coupling_range: float | None = None,
 ) -> Lattice:
     """Build a named lattice.
 
@@ -271,6 +296,8 @@ def build_lattice(
         path: edge-list or GraphML file for ``edgelist`` / ``graphml``.
         directed: read an edge list as directed (``u v`` means u drives v).
         seed: seed for random graphs.
+        coupling_range: couple every pair within this distance (lattice units, minimum image) instead
+            of nearest neighbours only; None keeps the topology's own edges. See :meth:`Lattice.with_range`.
 
     Returns:
         The lattice, with positions and a periodic box where the topology has geometry.
@@ -377,6 +404,8 @@ def build_lattice(
 
     if n is not None and topology in grid_topologies and lat.n != n:
         raise ValueError(f"shape {list(shape)} gives {lat.n} nodes, which does not match n={n}")
+    if coupling_range is not None:
+        lat = lat.with_range(coupling_range)
     return lat.with_weights(weights, lattice_constant, exponent) if weights != "uniform" else lat
 
 

@@ -190,11 +190,14 @@ class LockedClusters:
 def frequency_clusters(omega_eff: np.ndarray, tol: float = 1e-2) -> LockedClusters:
     """Frequency-locked clusters: oscillators whose effective frequencies agree within ``tol``.
 
-    Rule (single linkage in one dimension): sort the frequencies and cut wherever two neighbours
-    differ by more than ``tol``; a cluster with at least two members is a locked cluster. The locked
-    fraction is the share of oscillators in the largest locked cluster. ``tol`` should exceed the
-    finite-time error of locked oscillators (about wobble amplitude / averaging time) and stay below
-    the frequency gaps between distinct clusters.
+    Rule: every cluster spans at most ``tol`` (max - min). Sort the frequencies and cut wherever two
+    neighbours differ by more than ``tol``; a piece spanning more than ``tol`` is a chain of drifting
+    oscillators (single linkage would merge, e.g., the continuum of drifting frequencies of a chimera
+    or of partial synchrony into one "cluster"), so it is cut again at its widest gap until every piece
+    spans at most ``tol``. A cluster with at least two members is a locked cluster; the locked
+    fraction is the share of oscillators in the largest one. ``tol`` should exceed the finite-time
+    error of locked oscillators (about wobble amplitude / averaging time) and stay below the frequency
+    gaps between distinct clusters.
 
     Args:
         omega_eff: Effective frequencies [n].
@@ -208,12 +211,26 @@ def frequency_clusters(omega_eff: np.ndarray, tol: float = 1e-2) -> LockedCluste
         raise ValueError(f"tol must be > 0, got {tol}")
     n = omega_eff.shape[0]
     order = np.argsort(omega_eff, kind="stable")
-    cut = np.diff(omega_eff[order]) > tol
-    raw = np.concatenate([[0], np.cumsum(cut)])  # cluster id in sorted order
-    counts = np.bincount(raw)
-    means = np.bincount(raw, weights=omega_eff[order]) / counts
     sorted_values = omega_eff[order]
-    first = np.concatenate([[0], np.nonzero(cut)[0] + 1])
+    gaps = np.diff(sorted_values)
+    cut = gaps > tol
+    starts = np.concatenate([[0], np.nonzero(cut)[0] + 1]).tolist() if n else []
+    ends = starts[1:] + [n] if n else []
+    pieces = list(zip(starts, ends))
+    done = []
+    while pieces:  # one iteration per cut: at most the number of clusters, not of oscillators
+        lo, hi = pieces.pop()
+        if sorted_values[hi - 1] - sorted_values[lo] <= tol:
+            done.append(lo)
+            continue
+        at = lo + 1 + int(np.argmax(gaps[lo:hi - 1]))
+        pieces += [(lo, at), (at, hi)]
+    first = np.sort(np.asarray(done, dtype=np.int64))
+    raw = np.zeros(n, dtype=np.int64)
+    raw[first[1:]] = 1
+    raw = np.cumsum(raw)  # cluster id in sorted order
+    counts = np.bincount(raw)
+    means = np.bincount(raw, weights=sorted_values) / counts
     spans = np.append(sorted_values[first[1:] - 1], sorted_values[-1]) - sorted_values[first] if n else np.zeros(0)
     rank = np.lexsort((means, -counts))  # by size (desc), then frequency
     relabel = np.empty_like(rank)

@@ -95,7 +95,7 @@ def build_system(recipe: SimulationRecipe) -> tuple[Lattice, KuramotoSystem, np.
         lat_cfg.topology, n=lat_cfg.n, shape=lat_cfg.shape, periodic=lat_cfg.periodic, weights=lat_cfg.weights,
         lattice_constant=lat_cfg.lattice_constant, exponent=lat_cfg.exponent, k=lat_cfg.k, p=lat_cfg.p,
         degree=lat_cfg.degree, path=lat_cfg.file, directed=lat_cfg.directed,
-        seed=recipe.seed if lat_cfg.seed is None else lat_cfg.seed,
+        seed=recipe.seed if lat_cfg.seed is None else lat_cfg.seed, coupling_range=lat_cfg.coupling_range,
     )
     values = np.asarray(parse_couplings(dyn.coupling), dtype=np.float64)
     seeds_per = recipe.seed + np.arange(recipe.replicas)

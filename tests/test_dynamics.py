@@ -291,6 +291,49 @@ def test_degree_normalisation_and_isolated_nodes():
     assert rhs[3].item() == 1.0
 
 
+# --------------------------------------------------------------------------- nonlocal coupling
+
+
+def test_chimera_state_of_identical_oscillators_with_nonlocal_coupling():
+    """Kuramoto & Battogtokh (2002): identical phase oscillators on a ring with the kernel
+    G(x) = (kappa/2) exp(-kappa |x|) and lag alpha = 1.457 split into a phase-locked domain and a
+    drifting one whose mean frequencies form an arch; without the lag the same start synchronises.
+    The set-up of recipes/simulate/chimera_ring.toml (N = 256, kappa = 4)."""
+    from lotsim.observables import effective_frequencies, frequency_clusters
+
+    n, kappa = 256, 4.0
+    lattice = build_lattice("ring", n=n, coupling_range=n / 2, weights="exp", lattice_constant=n / kappa)
+    x = np.arange(n) / n - 0.5
+    theta0 = 6 * np.random.default_rng(0).uniform(-0.5, 0.5, n) * np.exp(-30 * x**2)
+    for alpha in (1.457, 0.0):
+        system = _system(lattice, np.zeros(n), [kappa / (2 * n)], frustration=(alpha,))
+        init, step = make_integrator(system, backend="numba", dt=0.05)
+        state = step(init(torch.as_tensor(theta0[None])), 10_000)  # t = 500: past the transient
+        frames = [state.theta]
+        for _ in range(40):  # 40 frames over t = 100
+            state = step(state, 50)
+            frames.append(state.theta)
+        theta = torch.stack(frames)[:, 0].numpy()
+        omega_eff = effective_frequencies(theta, 2.5 * np.arange(41))
+        clusters = frequency_clusters(omega_eff, tol=1e-2)  # the locked arc wobbles by ~3e-3
+        locked = clusters.labels == np.argmax(np.bincount(clusters.labels))
+        if alpha == 0.0:
+            assert clusters.locked_fraction == 1.0
+            continue
+        # one contiguous locked arc around the ends of [-1/2, 1/2), the drifting domain in the middle
+        assert 0.15 < clusters.locked_fraction < 0.6
+        assert locked[0] and locked[-1] and not locked[n // 2]
+        assert np.count_nonzero(np.diff(locked.astype(int))) == 2  # exactly two domain walls
+        drift = omega_eff[~locked]
+        omega_locked = omega_eff[locked].mean()
+        assert np.all(np.abs(drift - omega_locked) > 2e-2)  # every other oscillator drifts
+        # the arch: drifting frequencies are furthest from the locked one at the centre of their domain
+        assert abs(omega_eff[n // 2] - omega_locked) > 0.8 * np.abs(drift - omega_locked).max()
+        z = np.exp(1j * theta[-1])
+        local = np.abs(np.convolve(np.concatenate([z[-4:], z, z[:4]]), np.ones(9) / 9, "valid"))
+        assert np.median(local[locked]) > 0.99 and local[~locked].mean() < 0.8  # (windows of 9 nodes)
+
+
 # --------------------------------------------------------------------------- model extensions
 
 

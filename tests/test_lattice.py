@@ -107,3 +107,46 @@ def test_bad_lattices_raise_one_line_errors(topology, kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
         build_lattice(topology, **kwargs)
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- nonlocal coupling
+
+
+def _degrees(lattice):
+    return np.bincount(lattice.receivers, minlength=lattice.n)
+
+
+def test_coupling_range_on_rings_chains_and_grids():
+    ring = build_lattice("ring", n=20, coupling_range=3)
+    assert ring.num_edges == 20 * 6 and np.all(_degrees(ring) == 6) and ring.name == "ring n=20 range 3"
+    chain = build_lattice("chain", n=10, coupling_range=2)  # open ends have fewer neighbours
+    assert list(_degrees(chain)) == [2, 3, 4, 4, 4, 4, 4, 4, 3, 2]
+    moore = build_lattice("square", shape=(10, 10), coupling_range=2**0.5)  # the diagonal is included
+    assert np.all(_degrees(moore) == 8)
+    assert np.all(_degrees(build_lattice("square", shape=(10, 10), coupling_range=1.0)) == 4)
+    cube = build_lattice("hypercubic", shape=(5, 5, 5), coupling_range=1.0)
+    assert np.all(_degrees(cube) == 6)
+    # every pair of a ring, weighted exp(-d/l) with the minimum-image distance
+    every = build_lattice("ring", n=9, coupling_range=100, weights="exp", lattice_constant=2.0)
+    assert every.num_edges == 9 * 8 and not every.complete
+    dense = every.adjacency().toarray()
+    d = np.abs(np.arange(9)[:, None] - np.arange(9)[None, :])
+    expected = np.exp(-np.minimum(d, 9 - d) / 2.0) * (1 - np.eye(9))
+    assert np.allclose(dense, expected, rtol=0, atol=1e-15)
+
+
+def test_coupling_range_matches_a_brute_force_pair_search():
+    lattice = build_lattice("square", shape=(7, 9), periodic=True, coupling_range=2.5)
+    distances = build_lattice("square", shape=(7, 9)).pairwise_distances()
+    expected = (distances <= 2.5) & ~np.eye(63, dtype=bool)
+    assert np.array_equal(lattice.adjacency().toarray() > 0, expected)
+
+
+@pytest.mark.parametrize(("topology", "kwargs", "message"), [
+    ("complete", {"n": 10}, "needs node positions"),
+    ("small-world", {"n": 10, "k": 2}, "needs node positions"),
+    ("ring", {"n": 10, "coupling_range": -1.0}, "must be > 0"),
+])
+def test_coupling_range_errors(topology, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_lattice(topology, **{"coupling_range": 2.0, **kwargs})

@@ -112,6 +112,17 @@ def test_frequency_clusters_split_at_gaps_larger_than_tol():
     assert obs.frequency_clusters(np.arange(5.0), tol=0.5).locked_fraction == 0.0
 
 
+def test_a_chain_of_drifting_frequencies_is_not_a_locked_cluster():
+    """Partial sync / chimera: a locked group beside a continuum of drifters spaced below tol."""
+    locked = 1.0 + 1e-4 * np.linspace(-1, 1, 30)
+    drifting = 1.008 + np.arange(120) * 0.004  # gaps 0.004 < tol (0.0079 to the locked group), span 0.48
+    c = obs.frequency_clusters(np.concatenate([drifting, locked]), tol=0.01)
+    assert c.sizes[0] == 30 and c.frequencies[0] == pytest.approx(1.0)
+    assert c.locked_fraction == pytest.approx(30 / 150)
+    assert np.all(c.widths <= 0.01)
+    assert len(set(c.labels[120:])) == 1 and c.labels[120] not in c.labels[:120]
+
+
 def test_susceptibility():
     assert obs.susceptibility(np.full(50, 0.4), n=100) == pytest.approx(0.0, abs=1e-12)
     r = np.array([[0.1, 0.5], [0.3, 0.5]])

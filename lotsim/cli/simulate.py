@@ -60,6 +60,8 @@ def simulate(
                                                 rich_help_panel=_LAT)] = None,
     lattice_constant: Annotated[float | None, typer.Option(help="Length l of exp(-d/l) weights.",
                                                            rich_help_panel=_LAT)] = None,
+    coupling_range: Annotated[float | None, typer.Option(help="Couple all pairs within this distance (lattice "
+                                                         "units): nonlocal coupling.", rich_help_panel=_LAT)] = None,
     lattice_file: Annotated[str | None, typer.Option(help="Edge-list or GraphML file.", rich_help_panel=_LAT)] = None,
     coupling: Annotated[str | None, typer.Option(help="K: a value, a list 1,2,3 or a range start:stop:count "
                                                  "(one batched run).", rich_help_panel=_DYN)] = None,
@@ -118,6 +120,7 @@ def simulate(
     flags = {
         "lattice.topology": topology, "lattice.n": n, "lattice.shape": _shape(shape), "lattice.periodic": periodic,
         "lattice.weights": weights, "lattice.lattice_constant": lattice_constant, "lattice.file": lattice_file,
+        "lattice.coupling_range": coupling_range,
         "dynamics.coupling": _coupling(coupling), "dynamics.normalization": normalization,
         "dynamics.frustration": _floats(frustration), "dynamics.harmonics": _floats(harmonics),
         "dynamics.noise": noise, "dynamics.inertia": inertia, "dynamics.integrator": integrator, "dynamics.dt": dt,
