@@ -58,3 +58,19 @@ def test_documented_command_is_real(document, line):
             assert (ROOT / arg).is_file(), f"{document}: {line!r} names a missing recipe {arg}"
     if "--arms" in args:
         parse_arms(args[args.index("--arms") + 1].replace(",…", ""))  # raises on unknown arms/ablations
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("heading", ["### Simulate", "### Analyse"])
+def test_readme_walkthrough_runs_as_written(heading, tmp_path):
+    """The README's simulate and analyse blocks, executed line by line in a fresh folder (~3 min)."""
+    import subprocess
+    import sys
+
+    block = re.search(re.escape(heading) + r".*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = [re.split(r"\s+#", line)[0].strip() for line in block.group(1).replace("\\\n", " ").splitlines()]
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    for line in (x for x in lines if x.startswith("lotsim ")):
+        done = subprocess.run([sys.executable, "-m", "lotsim", *shlex.split(line)[1:]], cwd=tmp_path,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, f"{line!r} failed: {done.stderr.strip()[-500:]}"
