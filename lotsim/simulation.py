@@ -225,10 +225,10 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
         writer.write_state(**_checkpoint(state, dyn.dt))
 
     start = time.perf_counter()
-    frames = _FrameBlock(writer, couplings.shape[0], lattice.n, store_dtype, dyn.dt)
     work_per_step = couplings.shape[0] * lattice.n
     checkpointed = state.step
     last_good = state  # the newest state whose frame (if it is a save point) is in ``frames`` or on disk
+    frames = _FrameBlock(writer, couplings.shape[0], lattice.n, store_dtype, dyn.dt)
     with writer, _sigterm_as_interrupt():
         try:
             while state.step < total:
@@ -236,7 +236,7 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
                 new = integrator.step_fn(state, n)
                 if not _finite(new.theta):
                     frames.write()
-                    writer.write_state(**_checkpoint(last_good, dyn.dt))
+                    frames.checkpoint(last_good)
                     raise SimulationBlowUp(
                         f"the phases became NaN/inf by step {new.step} (t={new.step * dyn.dt:g}); "
                         f"dt={dyn.dt:g} is likely too large for this system, try --dt {dyn.dt / 10:g}. "
@@ -246,18 +246,18 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
                     frames.add(state)
                     if frames.full and frames.write() and (
                             (state.step - checkpointed) * work_per_step >= CHECKPOINT_OSC_STEPS):
-                        writer.write_state(**_checkpoint(state, dyn.dt))  # a whole chunk just reached the disk
+                        frames.checkpoint(state)  # a whole chunk just went to the writer
                         checkpointed = state.step
                 last_good = state
                 if progress is not None:
                     progress(state.step, total)
         except KeyboardInterrupt:
             frames.write()
-            writer.write_state(**_checkpoint(last_good, dyn.dt))
+            frames.checkpoint(last_good)
             raise SimulationInterrupted(f"interrupted at step {last_good.step}; {str(path)!r} is readable, "
                                         "continue it with --resume") from None
         frames.write()
-        writer.write_state(**_checkpoint(state, dyn.dt))
+        frames.checkpoint(state)
     wall = time.perf_counter() - start
     return _result(path, recipe, lattice, couplings, seeds, total, wall, backend)
 
@@ -278,18 +278,14 @@ class _FrameBlock:
 
     def __init__(self, writer: TrajectoryWriter, b: int, n: int, store_dtype: np.dtype, dt: float):
         self.writer, self.dt = writer, dt
-        cf = writer.chunk_frames(GROUP)
+        self.cf = cf = writer.chunk_frames(GROUP)
         self.phase = np.empty((cf, b, n), dtype=store_dtype)
         self.step = np.empty(cf, dtype=np.int64)
         self.time = np.empty(cf, dtype=np.float64)
         self.r = np.empty((cf, b), dtype=np.float64)
         self.psi = np.empty((cf, b), dtype=np.float64)
         self.k = 0
-        self.room = self._room()
-
-    def _room(self) -> int:
-        cf = self.phase.shape[0]
-        return cf - (self.writer.frames_written(GROUP) % cf)
+        self.room = cf - writer.frames_written(GROUP) % cf  # frames until the next chunk boundary
 
     @property
     def full(self) -> bool:
@@ -307,14 +303,17 @@ class _FrameBlock:
         self.k = j + 1  # last: a frame interrupted half-way is not counted
 
     def write(self) -> bool:
-        """Append the block to the writer; True when that completed a chunk (nothing is left buffered)."""
+        """Hand the block to the writer; True when that completed a chunk (nothing is left buffered)."""
         k = self.k
         if k:
             self.writer.append(GROUP, self.step[:k], self.time[:k], self.phase[:k],
                                observables={"order_parameter": self.r[:k], "mean_phase": self.psi[:k]})
             self.k = 0
-            self.room = self._room()
+            self.room = self.cf - self.writer.frames_written(GROUP) % self.cf
         return self.writer.buffered_frames(GROUP) == 0
+
+    def checkpoint(self, state) -> None:
+        self.writer.write_state(**_checkpoint(state, self.dt))
 
 
 @contextmanager
