@@ -4,6 +4,7 @@ Command (writes JSON and a markdown table next to it, ``.md``):
 
     python benchmarks/bench_simulate.py --out benchmarks/results/simulate.json            # full, ~15 min
     python benchmarks/bench_simulate.py --quick --out /tmp/simulate-quick.json            # smoke, ~1 min
+    python benchmarks/bench_simulate.py --io-only --out /tmp/simulate-io.json             # `simulate` I/O, ~1 min
 
 What is measured (design note performance.md, section 1):
 - oscillator-steps per second (N x steps / wall time; median of ``--repeats`` runs interleaved across
@@ -22,7 +23,7 @@ What is measured (design note performance.md, section 1):
   whichever allocator (numpy, torch, numba buffers) made it;
 - batched sweeps: B couplings in one run vs B runs of one coupling;
 - the cost of writing a trajectory (H5MD through ``lotsim.io.h5md``, chunked appends, float32 frames)
-  for several ``save_every``.
+  for several ``save_every``, and the same through ``lotsim simulate``'s own runner (``measure_run_io``).
 
 Timings on shared machines drift: compare the ratios measured side by side in one run; the JSON keeps
 every repeat and the load average around each case.
@@ -469,6 +470,70 @@ def measure_io(spec: dict, steps: int, save_every: tuple[int, ...], repeats: int
     return out
 
 
+def measure_run_io(shape: tuple[int, int], steps: int, variants: tuple[tuple[int | None, str], ...], repeats: int,
+                   log=print) -> list[dict]:
+    """``lotsim simulate``'s own path (``lotsim.simulation.run_simulation``: numba backend, RK4 float64,
+    float64 frames, the order parameter and mean phase of every frame, resume checkpoints) on a
+    periodic square lattice, for several ``(save_every, compression)``; ``save_every = None`` stores
+    only the first and the last frame. Repeats are interleaved across the variants; "ms per frame" is
+    the extra wall time over the ``(None, "lzf")`` run divided by the extra frames, both the fastest of
+    the repeats (on a shared machine the slow repeats are other processes', e.g. the page-cache
+    writeback of the previous run's file)."""
+    try:
+        from lotsim.config import SimulationRecipe, load_recipe
+        from lotsim.simulation import run_simulation
+    except ImportError:
+        log("  run io: lotsim.simulation is not available; skipped")
+        return []
+
+    def recipe(every: int | None, compression: str):
+        return load_recipe(SimulationRecipe, None, [], {
+            "lattice": {"topology": "square", "shape": list(shape)},
+            "dynamics": {"coupling": 2.0, "steps": steps, "backend": "numba"},
+            "output": {"save_every": every or steps, "compression": compression}})
+
+    walls: dict[tuple, list[float]] = {v: [] for v in variants}
+    frames: dict[tuple, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_simulation(recipe(max(1, steps // 10), "lzf"), Path(tmp) / "warmup.h5")  # numba cache load, imports
+        for _ in range(repeats):
+            for every, compression in variants:
+                path = Path(tmp) / f"run_{every}_{compression}.h5"
+                start = time.perf_counter()
+                result = run_simulation(recipe(every, compression), path, overwrite=True)
+                walls[(every, compression)].append(time.perf_counter() - start)
+                frames[(every, compression)] = result.frames
+                path.unlink()  # 100+ MB files: their writeback would land in the next runs
+    base_key = (None, "lzf")
+    base = min(walls[base_key]) if base_key in walls else 0.0
+    out = []
+    for every, compression in variants:
+        med = min(walls[(every, compression)])
+        n = frames[(every, compression)]
+        extra = n - frames.get(base_key, 0)
+        row = {"lattice": f"square {shape[0]}x{shape[1]}", "steps": steps, "save_every": every,
+               "compression": compression, "frames": n, "seconds": walls[(every, compression)],
+               "min_seconds": med, "median_seconds": statistics.median(walls[(every, compression)]),
+               "ms_per_frame": 1e3 * (med - base) / extra if every is not None and extra > 0 else None}
+        out.append(row)
+        log(f"  run io save_every={every!s:>5} {compression:<4}: {med:.3f} s, {n} frames"
+            + ("" if row["ms_per_frame"] is None else f", {row['ms_per_frame']:.3f} ms per frame"))
+    return out
+
+
+RUN_IO_VARIANTS = ((None, "lzf"), (100, "lzf"), (10, "lzf"), (1, "lzf"), (1, "none"))
+
+
+def run_io_markdown(rows: list[dict]) -> str:
+    lines = ["| save_every | compression | frames | seconds (fastest) | ms per frame |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        per = "–" if r["ms_per_frame"] is None else f"{r['ms_per_frame']:.3f}"
+        lines.append(f"| {r['save_every'] or 'none'} | {r['compression']} | {r['frames']} | "
+                     f"{r['min_seconds']:.3f} | {per} |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------------
 # Report
 
@@ -550,6 +615,9 @@ def markdown(report: dict) -> str:
             per = "–" if r["ms_per_frame"] is None else f"{r['ms_per_frame']:.2f}"
             lines.append(f"| {r['save_every'] or 'no output'} | {r['order_parameter'] or '–'} | "
                          f"{r['median_seconds']:.3g} | {100 * r['overhead']:+.0f}% | {per} | {r['file_mb']:.1f} |")
+    if report.get("run_io"):
+        lines += ["", "`lotsim simulate`'s own path (run_simulation, numba f64 RK4, float64 lzf frames, "
+                  "observables, checkpoints):", "", run_io_markdown(report["run_io"])]
     return "\n".join(lines) + "\n"
 
 
@@ -563,6 +631,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2, help="numba and torch threads (default 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per implementation")
     parser.add_argument("--no-kuramoto", action="store_true", help="skip the kuramoto package")
+    parser.add_argument("--io-only", action="store_true",
+                        help="only `lotsim simulate`'s trajectory writing (64x64, 4000 steps; ~1 min)")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     parser.add_argument("--time-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -574,6 +644,16 @@ def main(argv: list[str] | None = None) -> dict:
     quick = args.quick
     repeats = args.repeats or (2 if quick else 3)
     log = print
+    if args.io_only:
+        rows = measure_run_io((64, 64), 4000, RUN_IO_VARIANTS, args.repeats or 5, log=log)
+        report = {"command": "python benchmarks/bench_simulate.py " + " ".join(argv if argv is not None
+                                                                               else sys.argv[1:]),
+                  "machine": machine(), "config": {"threads": args.threads}, "run_io": rows}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+        args.out.with_suffix(".md").write_text(run_io_markdown(rows))
+        log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+        return report
     fast = ["numba f64 rk4", "numba f64 rk4 1 thread", "numba f32 rk4", "numba f64 euler", "torch f64 rk4",
             "torch f64 rk4 1 thread", "torch f32 rk4", "torch f64 euler", "numpy csr f64 rk4"]
     memory = (REFERENCE, "torch f64 rk4", "numpy csr f64 rk4", "numpy add.at f64 rk4", PACKAGE)
@@ -612,10 +692,11 @@ def main(argv: list[str] | None = None) -> dict:
     log("trajectory writing")
     io = measure_io({"topology": "square", "shape": [64, 64] if quick else [128, 128]},
                     200 if quick else 1000, (100, 10, 1), repeats, log=log)
+    run_io = measure_run_io((64, 64), 1000 if quick else 4000, RUN_IO_VARIANTS, repeats, log=log)
     report = {"command": "python benchmarks/bench_simulate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": machine(), "config": {"dt": DT, "coupling": COUPLING, "normalization": NORMALIZATION,
                                                "threads": args.threads, "repeats": repeats, "quick": quick},
-              "results": results, "batched": batched, "memory": memory_flat, "io": io}
+              "results": results, "batched": batched, "memory": memory_flat, "io": io, "run_io": run_io}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     args.out.with_suffix(".md").write_text(markdown(report))

@@ -408,6 +408,43 @@ def test_resume_after_sigkill(tmp_path):
     _assert_same_frames(ref, run)
 
 
+def test_sigkill_after_many_unflushed_chunks_keeps_the_checkpoint_and_resumes(tmp_path):
+    # The simulator checkpoints (flushes) only every few seconds of work: between two checkpoints the
+    # writer writes whole chunks (HDF5 allocates, compresses, evicts) without flushing. A SIGKILL there
+    # must leave the file as of the last flush, and resuming from it must equal an uninterrupted run.
+    ref, run = tmp_path / "ref.h5", tmp_path / "run.h5"
+    n_nodes, total = 1024, 3300  # float32: 64 frames per chunk, ~50 chunks written after the checkpoint
+    with TrajectoryWriter(ref) as w:
+        w.add_particles("oscillators", n_replicas=2, n_nodes=n_nodes, observables={"order_parameter": ((), float)})
+        _append_range(w, "oscillators", 0, total, 64, 2, n_nodes)
+    proc = _run_python(f"""
+        import os, signal
+        import numpy as np
+        from lotsim.io import TrajectoryWriter
+        from test_h5md import _append_range
+        w = TrajectoryWriter({str(run)!r})
+        w.add_particles("oscillators", n_replicas=2, n_nodes={n_nodes}, observables={{"order_parameter": ((), float)}})
+        _append_range(w, "oscillators", 0, 200, 64, 2, {n_nodes})
+        w.write_state(np.zeros((2, {n_nodes})), step=1990, time=9.95)
+        _append_range(w, "oscillators", 200, 3300, 64, 2, {n_nodes})
+        assert w.buffered_frames("oscillators") < 64
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert proc.returncode == -9, proc.stderr
+    with open_trajectory(run) as t:
+        assert t.n_frames() == 200
+        np.testing.assert_array_equal(t.phase()[()], _frames(0, 200, 2, n_nodes)[2])
+    state = read_state(run)
+    assert state.step == 1990 and state.frames_written == {"oscillators": 200}
+    with TrajectoryWriter(run, mode="a") as w:
+        w.truncate_after(state.step)
+        _append_range(w, "oscillators", 200, total, 64, 2, n_nodes)
+    with open_trajectory(ref) as a, open_trajectory(run) as b:
+        np.testing.assert_array_equal(a.steps(), b.steps())
+        np.testing.assert_array_equal(a.phase()[()], b.phase()[()])
+        np.testing.assert_array_equal(a.observable("order_parameter")[()], b.observable("order_parameter")[()])
+
+
 # ------------------------------------------------------------------------------------------- errors
 
 

@@ -250,3 +250,130 @@ def test_a_trained_head_lattice_simulates(tmp_path):
     recipe = write_simulation_inputs(model, 0, tmp_path / "layer0", steps=50)
     summary, out = run_json(tmp_path, recipe)
     assert summary["n"] == 4 and np.all(np.isfinite(summary["r_final"]))
+
+
+# ------------------------------------------------------------------ frame blocks, checkpoints, signals
+
+
+def _ring_recipe(**dynamics):
+    from lotsim.config import SimulationRecipe, load_recipe
+
+    dyn = {"coupling": 1.0, "steps": 1000, "backend": "numba", **dynamics.pop("dynamics", {})}
+    out = {"save_every": 1, **dynamics.pop("output", {})}
+    return load_recipe(SimulationRecipe, None, [], {"lattice": {"topology": "ring", "n": 64}, "dynamics": dyn,
+                                                    "output": out, **dynamics})
+
+
+def test_checkpoints_follow_the_work_budget(tmp_path, monkeypatch):
+    import lotsim.simulation as sim
+    from lotsim.io import TrajectoryWriter
+
+    steps: list[int] = []
+    original = TrajectoryWriter.write_state
+
+    def spy(self, theta, *, step, **kwargs):
+        steps.append(step)
+        original(self, theta, step=step, **kwargs)
+
+    monkeypatch.setattr(TrajectoryWriter, "write_state", spy)
+    recipe = _ring_recipe(dynamics={"steps": 2000})  # 64 float64 nodes: 512 frames per chunk
+    cases = [(1, [0, 511, 1023, 1535, 2000]),  # tiny budget: after every chunk, as the runner used to
+             (64 * 1100, [0, 1535, 2000]),  # first chunk end with >= 1100 steps since the last checkpoint
+             (sim.CHECKPOINT_OSC_STEPS, [0, 2000])]
+    for budget, expected in cases:
+        monkeypatch.setattr(sim, "CHECKPOINT_OSC_STEPS", budget)
+        steps.clear()
+        sim.run_simulation(recipe, tmp_path / f"c{budget}.h5")
+        assert steps == expected, budget
+        with open_trajectory(tmp_path / f"c{budget}.h5") as traj:
+            assert list(traj.steps()) == list(range(2001))
+    assert (tmp_path / "c1.h5").stat().st_size > 0
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_frame_blocks_equal_frame_by_frame_recording(tmp_path, backend):
+    """The runner's blocks store what integrating and recording one frame at a time stores, bit for bit."""
+    import torch
+
+    from lotsim.dynamics import make_integrator, order_parameter
+    from lotsim.simulation import build_system, run_simulation
+
+    recipe = _ring_recipe(dynamics={"steps": 1201, "backend": backend, "noise": 0.05, "integrator": "heun"},
+                          output={"save_every": 3, "precision": "float32"}, replicas=2)
+    run_simulation(recipe, tmp_path / "run.h5")
+    _, system, theta0, _, _ = build_system(recipe)
+    dyn = recipe.dynamics
+    integ = make_integrator(system, backend=backend, method=dyn.integrator, dt=dyn.dt, seed=recipe.seed)
+    state = integ.init_fn(torch.as_tensor(theta0))
+    rows = []
+    while True:
+        r, psi = order_parameter(state.theta)
+        rows.append((state.step, state.step * dyn.dt, state.theta.numpy().astype(np.float32),
+                     r.double().numpy(), psi.double().numpy()))
+        if state.step == dyn.n_steps:
+            break
+        state = integ.step_fn(state, min(3 - state.step % 3, dyn.n_steps - state.step))
+    with open_trajectory(tmp_path / "run.h5") as traj:
+        assert np.array_equal(traj.steps(), [row[0] for row in rows])
+        assert np.array_equal(traj.times(), [row[1] for row in rows])
+        assert np.array_equal(traj.phase()[()], np.stack([row[2] for row in rows]))
+        assert np.array_equal(traj.observable("order_parameter")[()], np.stack([row[3] for row in rows]))
+        assert np.array_equal(traj.observable("mean_phase")[()], np.stack([row[4] for row in rows]))
+    assert len(rows) == 402 and rows[-1][0] == 1201
+
+
+def test_blow_up_inside_a_block_keeps_every_good_frame_and_names_the_first_bad_step(tmp_path):
+    import torch
+
+    from lotsim.config import SimulationRecipe, load_recipe
+    from lotsim.dynamics import make_integrator
+    from lotsim.io import read_state
+    from lotsim.simulation import SimulationBlowUp, build_system, run_simulation
+
+    recipe = load_recipe(SimulationRecipe, None, [], {
+        "lattice": {"topology": "ring", "n": 16}, "output": {"save_every": 10},
+        "dynamics": {"coupling": 1.0, "inertia": 0.01, "dt": 1.0, "steps": 4000, "backend": "numba"}})
+    _, system, theta0, _, _ = build_system(recipe)
+    integ = make_integrator(system, backend="numba", method="rk4", dt=1.0)
+    state = integ.init_fn(torch.as_tensor(theta0))
+    while torch.isfinite(state.theta).all():
+        state = integ.step_fn(state, 10)
+    bad = state.step  # the first save point with NaN/inf phases; far below one chunk (2048 frames)
+    assert 10 < bad < 4000
+    with pytest.raises(SimulationBlowUp, match=f"by step {bad} .*every frame up to step {bad - 10}"):
+        run_simulation(recipe, tmp_path / "boom.h5")
+    with open_trajectory(tmp_path / "boom.h5") as traj:
+        assert list(traj.steps()) == list(range(0, bad, 10))
+        assert np.all(np.isfinite(traj.phase()[()]))
+    assert read_state(tmp_path / "boom.h5").step == bad - 10
+
+
+def test_sigterm_checkpoints_and_resume_is_bit_identical(tmp_path):
+    out = tmp_path / "term.h5"
+    code = f"""
+import os, signal
+from tests.test_simulate_cli import _ring_recipe
+from lotsim.simulation import SimulationInterrupted, run_simulation
+def progress(step, total):
+    if step == 700:
+        os.kill(os.getpid(), signal.SIGTERM)
+try:
+    run_simulation(_ring_recipe(dynamics={{"noise": 0.05, "integrator": "heun"}}), {str(out)!r}, progress=progress)
+except SimulationInterrupted as err:
+    print(err)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and "interrupted at step 700" in proc.stdout, proc.stderr
+    from lotsim.io import read_state
+    from lotsim.simulation import run_simulation
+
+    assert read_state(out).step == 700
+    with open_trajectory(out) as traj:
+        assert traj.n_frames() == 701
+    recipe = _ring_recipe(dynamics={"noise": 0.05, "integrator": "heun"})
+    run_simulation(recipe, out, resume=True)
+    run_simulation(recipe, tmp_path / "straight.h5")
+    with open_trajectory(out) as a, open_trajectory(tmp_path / "straight.h5") as b:
+        assert np.array_equal(a.steps(), b.steps())
+        assert np.array_equal(a.phase()[()], b.phase()[()])
+        assert np.array_equal(a.observable("mean_phase")[()], b.observable("mean_phase")[()])

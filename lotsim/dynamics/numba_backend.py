@@ -35,6 +35,7 @@ Legend: ``b`` replicas, ``n`` nodes, ``k`` neighbour slots, ``m`` harmonics, ``e
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numba
@@ -631,12 +632,39 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
             return False
         if inertial and (state.velocity is None or state.velocity.shape != theta.shape):
             return False
-        try:  # the parameters must broadcast to the state without changing its shape
-            if torch.broadcast_shapes(theta.shape, system.omega.shape, system.coupling.shape) != theta.shape:
-                return False
-        except RuntimeError:
+        if not _broadcasts(theta.shape):
             return False
         return sigma == 0.0 or _work_dtype(theta) == theta.dtype  # the noise is drawn in the state's dtype
+
+    broadcasts: dict[tuple[int, ...], bool] = {}
+
+    def _broadcasts(shape: torch.Size) -> bool:
+        """Whether the parameters broadcast to ``shape`` without changing it (cached: torch's check costs
+        ~10 us, as much as a step of a small lattice)."""
+        key = tuple(shape)
+        if key not in broadcasts:
+            try:
+                broadcasts[key] = torch.broadcast_shapes(shape, system.omega.shape, system.coupling.shape) == shape
+            except RuntimeError:
+                broadcasts[key] = False
+        return broadcasts[key]
+
+    def _scratch(p: dict, b: int, np_dtype: np.dtype) -> tuple:
+        """The kernel's scratch arrays, allocated once per state shape and calling thread (every call
+        overwrites them before reading; allocating them cost ~10 us per call)."""
+        key = ("scratch", threading.get_ident())
+        if key not in p:
+            n_harm = p["par"][2].shape[0]
+            n_blocks = (n + _BLOCK - 1) // _BLOCK
+            pool = numba.config.NUMBA_NUM_THREADS  # per-thread block scratch, indexed by numba.get_thread_id()
+            p[key] = (
+                np.empty((2, n_harm, b, n), np_dtype), np.empty((2, n_harm, b, n), np_dtype),  # S, C
+                np.empty((pool, n_harm, _BLOCK), np_dtype), np.empty((pool, n_harm, _BLOCK), np_dtype),  # AS, AC
+                np.empty((pool, _BLOCK), np_dtype), np.empty((pool, _BLOCK), np_dtype),  # D, Y
+                np.empty((b, n) if inertial else (1, 1), np_dtype), np.empty((b, n), np_dtype),  # V, AT
+                np.empty((b, n) if inertial else (1, 1), np_dtype),  # AV
+                np.empty((2, n_harm, b, n_blocks), np_dtype), np.empty((2, n_harm, b), np_dtype))  # psum, sums
+        return p[key]
 
     def init_fn(theta: torch.Tensor, velocity: torch.Tensor | None = None, step: int = 0) -> OscillatorState:
         return reference.init_fn(theta, velocity, step)
@@ -654,15 +682,8 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
         theta = state.theta.detach().numpy().astype(np_dtype, copy=True)  # the state stays immutable
         vel = (state.velocity.detach().numpy().astype(np_dtype, copy=True) if inertial
                else np.zeros((1, 1), np_dtype))
-        n_harm = p["par"][2].shape[0]
         n_blocks = (n + _BLOCK - 1) // _BLOCK
-        pool = numba.config.NUMBA_NUM_THREADS  # per-thread block scratch, indexed by numba.get_thread_id()
-        buf = (np.empty((2, n_harm, b, n), np_dtype), np.empty((2, n_harm, b, n), np_dtype),  # S, C
-               np.empty((pool, n_harm, _BLOCK), np_dtype), np.empty((pool, n_harm, _BLOCK), np_dtype),  # AS, AC
-               np.empty((pool, _BLOCK), np_dtype), np.empty((pool, _BLOCK), np_dtype),  # D, Y
-               np.empty((b, n) if inertial else (1, 1), np_dtype), np.empty((b, n), np_dtype),  # V, AT
-               np.empty((b, n) if inertial else (1, 1), np_dtype),  # AV
-               np.empty((2, n_harm, b, n_blocks), np_dtype), np.empty((2, n_harm, b), np_dtype))  # psum, sums
+        buf = _scratch(p, b, np_dtype)
         threads = numba.get_num_threads()
         # node-parallel work items: a few per thread and replica, each at least _CHUNK_MIN blocks
         chunk_blocks = max(_CHUNK_MIN, -(-n_blocks // (4 * threads)))

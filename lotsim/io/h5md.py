@@ -222,6 +222,23 @@ def _attach(ds: h5py.Dataset, scales: list[h5py.Dataset]) -> None:
         ds.dims[axis].label = scale.name.rsplit("/", 1)[-1]
 
 
+def _append_rows(ds: h5py.Dataset, n0: int, n1: int, arr: np.ndarray) -> None:
+    """``ds.resize(n1, axis=0); ds[n0:n1] = arr`` for a dataset holding ``n0`` rows, through h5py's
+    low-level calls: the same HDF5 operations without the high-level layer's shape queries and selection
+    parsing (~0.1 ms per dataset, paid at every chunk). Arrays of another dtype or layout take the
+    high-level path, which lets HDF5 convert them as before."""
+    if not (isinstance(arr, np.ndarray) and arr.dtype == ds.dtype and arr.flags.c_contiguous):
+        ds.resize(n1, axis=0)
+        ds[n0:n1] = arr
+        return
+    rest = arr.shape[1:]
+    dsid = ds.id
+    dsid.set_extent((n1, *rest))
+    fspace = dsid.get_space()
+    fspace.select_hyperslab((n0, *(0 for _ in rest)), (n1 - n0, *rest))
+    dsid.write(h5py.h5s.create_simple(arr.shape), fspace, arr)
+
+
 def _open_h5md(path: str | Path, mode: str = "r") -> h5py.File:
     """Open an existing H5MD 1.1 file, or raise H5MDFormatError with one line naming the path."""
     path = Path(path)
@@ -290,12 +307,9 @@ class _FrameSeries:
 
     def _write(self, steps: np.ndarray, times: np.ndarray, phase: np.ndarray, obs: dict[str, np.ndarray]):
         n0, n1 = self.n_disk, self.n_disk + len(steps)
-        self._resize(n1)
-        self.value[n0:n1] = phase
-        self.step[n0:n1] = steps
-        self.time[n0:n1] = times
-        for k, ds in self.obs.items():
-            ds[n0:n1] = obs[k]
+        for ds, arr in ((self.value, phase), (self.step, steps), (self.time, times),
+                        *((ds, obs[k]) for k, ds in self.obs.items())):
+            _append_rows(ds, n0, n1, arr)
         self.n_disk = n1
 
     def append(self, steps: np.ndarray, times: np.ndarray, phase: np.ndarray, obs: dict[str, np.ndarray]):
