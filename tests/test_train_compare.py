@@ -102,3 +102,27 @@ def test_compare_cli_json(tmp_path):
     report = json.loads(result.stdout)
     assert set(report["arms"]) == {"vanilla", "lattice"} and report["arms"]["lattice"]["metrics"]["loss"]["n"] == 2
     assert report["arms"]["vanilla"]["parameters"]["relative_to_reference"] == pytest.approx(0, abs=0.02)
+
+
+def test_parallel_jobs_give_the_same_report_as_one_at_a_time(tmp_path):
+    base = load_training_recipe(None, TINY)  # train.threads = 1: the same arithmetic in every process
+    arms = parse_arms("vanilla,lattice")
+    serial = run_comparison(base, arms, [0, 1], tmp_path / "serial", plot=False)
+    events = []
+    parallel = run_comparison(base, arms, [0, 1], tmp_path / "parallel", plot=False, jobs=2, callback=events.append)
+    for arm in ("vanilla", "lattice"):
+        for metric, summary in serial["arms"][arm]["metrics"].items():
+            assert parallel["arms"][arm]["metrics"][metric]["values"] == summary["values"], (arm, metric)
+    done = [e for e in events if e["event"] == "run_done"]
+    assert sorted(e["index"] for e in done) == [1, 2, 3, 4] and done[-1]["total"] == 4
+    with pytest.raises(ValueError, match="jobs=0"):
+        run_comparison(base, arms, [0], tmp_path / "bad", jobs=0)
+
+
+def test_an_interrupted_worker_reports_where_to_resume():
+    import pickle
+
+    from lotsim.train.loop import TrainingInterrupted
+
+    err = pickle.loads(pickle.dumps(TrainingInterrupted("runs/x", 7)))
+    assert (err.run_dir, err.step) == ("runs/x", 7) and "step 7" in str(err)

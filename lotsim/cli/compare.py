@@ -29,12 +29,16 @@ def compare(
     steps: Annotated[int | None, typer.Option(help="Optimiser steps per run (train.steps).")] = None,
     out: Annotated[Path | None, typer.Option(help="Comparison folder (default outputs/<name>/compare-<time>); "
                                              "finished runs in it are reused.")] = None,
+    jobs: Annotated[int, typer.Option(help="Trainings run at once, one process each (e.g. the number of "
+                                      "cores); finished runs are reported as they end.")] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
 ) -> None:
     """Train every arm with matched parameters, the same seeds, data order and budget; report per arm
     mean ± sd, median, and the 95% CI and p of the difference to the baseline (paired and Welch)."""
     if seeds < 1:
         raise fail(f"--seeds {seeds} must be >= 1")
+    if jobs < 1:
+        raise fail(f"--jobs {jobs} must be >= 1")
     lrs = None
     if lr_sweep is not None:
         try:
@@ -70,10 +74,11 @@ def compare(
 
         try:
             report = run_comparison(base, arm_list, list(range(first, first + seeds)), folder, lrs=lrs,
-                                    baseline=baseline, reference=reference, callback=on_event)
-        except TrainingInterrupted as err:
-            stderr.print(f"[yellow]interrupted[/yellow] at step {err.step} of {err.run_dir}. Rerun the same "
-                         f"command with --out {folder} to continue (finished runs are reused).", highlight=False)
+                                    baseline=baseline, reference=reference, callback=on_event, jobs=jobs)
+        except (TrainingInterrupted, KeyboardInterrupt) as err:
+            where = f" at step {err.step} of {err.run_dir}" if isinstance(err, TrainingInterrupted) else ""
+            stderr.print(f"[yellow]interrupted[/yellow]{where}. Rerun the same command with --out {folder} to "
+                         "continue (finished runs are reused, stopped ones resumed).", highlight=False)
             raise typer.Exit(130) from None
     if json_:
         from lotsim.train.compare import _finite

@@ -29,6 +29,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,7 +138,8 @@ def _lr_tag(lr: float) -> str:
 
 def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_dir: str | Path, *,
                    lrs: list[float] | None = None, baseline: str | None = None, reference: str | None = None,
-                   callback: Callable[[dict], None] | None = None, plot: bool = True) -> dict[str, Any]:
+                   callback: Callable[[dict], None] | None = None, plot: bool = True, jobs: int = 1
+                   ) -> dict[str, Any]:
     """Train every arm x lr x seed, pick each arm's lr on validation, compare test metrics.
 
     Args:
@@ -149,14 +151,16 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
         baseline: the arm differences are taken against (default ``vanilla`` if present, else the first).
         reference: the arm whose parameter count the others match (default ``lattice`` if present).
         callback: receives ``{"event": "run", ...}`` before each run and ``"run_done"`` after, plus
-            the training events of the run (``"train"`` wrapping them).
+            the training events of the run (``"train"`` wrapping them; only with ``jobs=1``).
         plot: write ``comparison.png``.
+        jobs: trainings run at once, each in its own process (spawned). A recipe asking for torch's
+            default thread count (``train.threads = 0``) gets ``max(1, cores // jobs)`` threads so the
+            processes do not oversubscribe the cores. Results do not depend on ``jobs`` when the thread
+            count does not change; tokens/s measured side by side are not comparable across runs.
 
     Returns:
         The report (also written to ``report.json`` / ``report.md``).
     """
-    from lotsim.train.loop import train
-
     out_dir = Path(out_dir)
     lrs = list(lrs) if lrs else [base.train.lr]
     names = [a.name for a in arms]
@@ -171,31 +175,48 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
         raise ValueError(f"{str(out_dir)!r} holds a comparison of another recipe; choose another output folder")
     stored.write_text(text)
 
-    runs: dict[str, dict[float, list[dict]]] = {}
-    total = len(arms) * len(lrs) * len(seeds)
-    done = 0
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs} must be >= 1")
+    planned = []  # (arm, lr, seed, run_dir, recipe) in report order
     for arm in arms:
-        runs[arm.name] = {}
         for lr in lrs:
-            runs[arm.name][lr] = []
             for seed in seeds:
-                run_dir = out_dir / "runs" / arm.name / _lr_tag(lr) / f"seed{seed}"
-                recipe = recipes[arm.name].model_copy(update={
-                    "seed": seed, "train": recipes[arm.name].train.model_copy(update={"lr": lr})})
-                emit({"event": "run", "arm": arm.name, "lr": lr, "seed": seed, "index": done, "total": total,
-                      "run_dir": str(run_dir)})
-                report_file = run_dir / "metrics.json"
-                if not report_file.is_file():  # a run stopped half-way is resumed, a finished one reused
-                    resume = (run_dir / "checkpoints" / "last.pt").is_file()
-                    train(None if resume else recipe, run_dir, resume=resume,
-                          callback=lambda e: emit({"event": "train", "train": e}))
-                record = json.loads(report_file.read_text())
-                runs[arm.name][lr].append({"seed": seed, "run_dir": str(run_dir), "test": _metrics_of(record),
-                                           "validation_best": record["best"]["value"],
-                                           "tokens_per_s": record["tokens_per_s"]})
-                done += 1
-                emit({"event": "run_done", "arm": arm.name, "lr": lr, "seed": seed, "index": done, "total": total,
-                      "test": runs[arm.name][lr][-1]["test"]})
+                train_cfg = recipes[arm.name].train.model_copy(update={"lr": lr})
+                if jobs > 1 and train_cfg.threads == 0:
+                    train_cfg = train_cfg.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // jobs)})
+                planned.append((arm.name, lr, seed, out_dir / "runs" / arm.name / _lr_tag(lr) / f"seed{seed}",
+                                recipes[arm.name].model_copy(update={"seed": seed, "train": train_cfg})))
+    total = len(planned)
+    records: dict[Path, dict] = {}
+    done = 0
+
+    def finished(arm: str, lr: float, seed: int, run_dir: Path) -> None:
+        nonlocal done
+        records[run_dir] = _run_record(seed, run_dir)
+        done += 1
+        emit({"event": "run_done", "arm": arm, "lr": lr, "seed": seed, "index": done, "total": total,
+              "test": records[run_dir]["test"]})
+
+    pending = []
+    for arm, lr, seed, run_dir, recipe in planned:
+        if (run_dir / "metrics.json").is_file():  # a finished run is reused
+            emit({"event": "run", "arm": arm, "lr": lr, "seed": seed, "index": done, "total": total,
+                  "run_dir": str(run_dir)})
+            finished(arm, lr, seed, run_dir)
+        else:
+            pending.append((arm, lr, seed, run_dir, recipe))
+    if jobs == 1:
+        for arm, lr, seed, run_dir, recipe in pending:
+            emit({"event": "run", "arm": arm, "lr": lr, "seed": seed, "index": done, "total": total,
+                  "run_dir": str(run_dir)})
+            _train_run(recipe, run_dir, callback=lambda e: emit({"event": "train", "train": e}))
+            finished(arm, lr, seed, run_dir)
+    elif pending:
+        _train_in_pool(pending, jobs, emit, finished, lambda: done, total)
+
+    runs: dict[str, dict[float, list[dict]]] = {a.name: {lr: [] for lr in lrs} for a in arms}
+    for arm, lr, _, run_dir, _ in planned:
+        runs[arm][lr].append(records[run_dir])
 
     lower = base.train.lower_is_better
     chosen = {}
@@ -209,6 +230,48 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
     if plot:
         report["plot"] = str(plot_comparison(report, out_dir / "comparison.png"))
     return report
+
+
+def _train_run(recipe: TrainingRecipe, run_dir: Path, callback: Callable[[dict], None] | None = None) -> None:
+    """Train one run of a comparison; a run stopped half-way (``last.pt`` present) is resumed."""
+    from lotsim.train.loop import train
+
+    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    train(None if resume else recipe, run_dir, resume=resume, callback=callback)
+
+
+def _train_in_pool(pending: list, jobs: int, emit: Callable[[dict], None], finished: Callable, done: Callable,
+                   total: int) -> None:
+    """Run ``pending`` trainings ``jobs`` at a time in spawned processes, reporting each as it ends.
+
+    On Ctrl-C every worker saves its checkpoint (they receive the signal too) before this re-raises,
+    so rerunning the comparison resumes them.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {}
+        for arm, lr, seed, run_dir, recipe in pending:
+            emit({"event": "run", "arm": arm, "lr": lr, "seed": seed, "index": done(), "total": total,
+                  "run_dir": str(run_dir)})
+            futures[pool.submit(_train_run, recipe, run_dir)] = (arm, lr, seed, run_dir)
+        try:
+            remaining = set(futures)
+            while remaining:
+                complete, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for future in complete:
+                    future.result()  # re-raises a worker's error (TrainingInterrupted included)
+                    finished(*futures[future])
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _run_record(seed: int, run_dir: Path) -> dict[str, Any]:
+    record = json.loads((run_dir / "metrics.json").read_text())
+    return {"seed": seed, "run_dir": str(run_dir), "test": _metrics_of(record),
+            "validation_best": record["best"]["value"], "tokens_per_s": record["tokens_per_s"]}
 
 
 def _metrics_of(record: dict) -> dict[str, float]:

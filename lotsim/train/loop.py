@@ -67,6 +67,9 @@ class TrainingInterrupted(Exception):
         super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}")
         self.run_dir, self.step = run_dir, step
 
+    def __reduce__(self):  # picklable, so it crosses from a worker process (lotsim compare --jobs)
+        return type(self), (self.run_dir, self.step)
+
 
 @dataclass
 class TrainResult:
