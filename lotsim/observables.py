@@ -191,13 +191,14 @@ def frequency_clusters(omega_eff: np.ndarray, tol: float = 1e-2) -> LockedCluste
     """Frequency-locked clusters: oscillators whose effective frequencies agree within ``tol``.
 
     Rule: every cluster spans at most ``tol`` (max - min). Sort the frequencies and cut wherever two
-    neighbours differ by more than ``tol``; a piece spanning more than ``tol`` is a chain of drifting
-    oscillators (single linkage would merge, e.g., the continuum of drifting frequencies of a chimera
-    or of partial synchrony into one "cluster"), so it is cut again at its widest gap until every piece
-    spans at most ``tol``. A cluster with at least two members is a locked cluster; the locked
-    fraction is the share of oscillators in the largest one. ``tol`` should exceed the finite-time
-    error of locked oscillators (about wobble amplitude / averaging time) and stay below the frequency
-    gaps between distinct clusters.
+    neighbours differ by more than ``tol`` (single linkage). A piece that still spans more than ``tol``
+    is a chain of drifting oscillators (the continuum of drifting frequencies of a chimera or of partial
+    synchrony), not one locked group: it is cut again at every gap of at least ``g``, with ``g`` the
+    largest of its gaps for which no resulting cluster spans more than ``tol`` (single linkage at a
+    threshold lowered just enough). A cluster with at least two members is a locked cluster; the
+    locked fraction is the share of oscillators in the largest one. ``tol`` should exceed the
+    finite-time error of locked oscillators (about wobble amplitude / averaging time) and stay below the
+    frequency gaps between distinct clusters. NaN frequencies are singletons.
 
     Args:
         omega_eff: Effective frequencies [n].
@@ -213,19 +214,29 @@ def frequency_clusters(omega_eff: np.ndarray, tol: float = 1e-2) -> LockedCluste
     order = np.argsort(omega_eff, kind="stable")
     sorted_values = omega_eff[order]
     gaps = np.diff(sorted_values)
-    cut = gaps > tol
-    starts = np.concatenate([[0], np.nonzero(cut)[0] + 1]).tolist() if n else []
-    ends = starts[1:] + [n] if n else []
-    pieces = list(zip(starts, ends))
-    done = []
-    while pieces:  # one iteration per cut: at most the number of clusters, not of oscillators
-        lo, hi = pieces.pop()
-        if sorted_values[hi - 1] - sorted_values[lo] <= tol:
-            done.append(lo)
-            continue
-        at = lo + 1 + int(np.argmax(gaps[lo:hi - 1]))
-        pieces += [(lo, at), (at, hi)]
-    first = np.sort(np.asarray(done, dtype=np.int64))
+    cut = ~(gaps <= tol)  # NaN gaps cut too
+    starts = np.concatenate([[0], np.nonzero(cut)[0] + 1]).astype(np.int64)
+    ends = np.append(starts[1:], n)
+    chained = np.nonzero(sorted_values[ends - 1] - sorted_values[starts] > tol)[0] if n else []
+    for piece in chained:  # one pass per chained piece, O(m log m) each
+        lo, hi = int(starts[piece]), int(ends[piece])
+        inner = gaps[lo:hi - 1]
+        thresholds = np.unique(inner)[::-1]  # candidate g, widest first
+
+        def spans_ok(g: float, lo: int = lo, hi: int = hi, inner: np.ndarray = inner) -> bool:
+            bounds = lo + 1 + np.nonzero(inner >= g)[0]
+            first_of, last_of = np.concatenate([[lo], bounds]), np.append(bounds, hi) - 1
+            return bool(np.all(sorted_values[last_of] - sorted_values[first_of] <= tol))
+
+        left, right = 0, thresholds.shape[0] - 1  # spans_ok(thresholds[-1]) holds: every gap cut
+        while left < right:  # smallest index (largest g) that works; spans_ok is monotone in the index
+            mid = (left + right) // 2
+            if spans_ok(thresholds[mid]):
+                right = mid
+            else:
+                left = mid + 1
+        cut[lo:hi - 1] |= inner >= thresholds[left]
+    first = np.concatenate([[0], np.nonzero(cut)[0] + 1]).astype(np.int64) if n else np.zeros(0, np.int64)
     raw = np.zeros(n, dtype=np.int64)
     raw[first[1:]] = 1
     raw = np.cumsum(raw)  # cluster id in sorted order

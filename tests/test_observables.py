@@ -121,6 +121,10 @@ def test_a_chain_of_drifting_frequencies_is_not_a_locked_cluster():
     assert c.locked_fraction == pytest.approx(30 / 150)
     assert np.all(c.widths <= 0.01)
     assert len(set(c.labels[120:])) == 1 and c.labels[120] not in c.labels[:120]
+    grid = obs.frequency_clusters(np.arange(200) * 0.004, tol=0.01)  # evenly spaced drifters
+    assert grid.sizes.max() <= 3 and np.all(grid.widths <= 0.01)  # only neighbours within tol group up
+    odd = obs.frequency_clusters(np.array([0.0, 0.0, np.nan, 1.0]), tol=0.01)
+    assert list(odd.sizes) == [2] and len(set(odd.labels)) == 3
 
 
 def test_susceptibility():
