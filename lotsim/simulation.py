@@ -221,8 +221,10 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
             observables={"order_parameter": ((), np.float64), "mean_phase": ((), np.float64)},
         )
         state = integrator.init_fn(torch.as_tensor(theta0, dtype=dtype, device=dyn.device))
-        _record(writer, state, dyn.dt, store_dtype)
-        writer.write_state(**_checkpoint(state, dyn.dt))
+        first = _FrameBlock(writer, couplings.shape[0], lattice.n, store_dtype, dyn.dt)
+        first.add(state)  # the initial frame, then a checkpoint
+        first.write()
+        first.checkpoint(state)
 
     start = time.perf_counter()
     work_per_step = couplings.shape[0] * lattice.n
@@ -331,14 +333,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:  # None: a handler installed outside Python, which cannot be put back; use the default
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-def _record(writer: TrajectoryWriter, state, dt: float, store_dtype: np.dtype) -> None:
-    r, psi = order_parameter(state.theta)
-    writer.append(GROUP, np.array([state.step]), np.array([state.step * dt]),
-                  state.theta.detach().cpu().numpy().astype(store_dtype, copy=False)[None],
-                  observables={"order_parameter": r.detach().cpu().double().numpy()[None],
-                               "mean_phase": psi.detach().cpu().double().numpy()[None]})
 
 
 def _checkpoint(state, dt: float) -> dict:
