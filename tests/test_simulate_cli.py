@@ -159,6 +159,19 @@ def test_option_groups_run(tmp_path, options):
         assert traj.n_frames() == 3
 
 
+def test_coupling_range_flag_builds_and_stores_the_nonlocal_graph(tmp_path):
+    summary, out = run_json(tmp_path, "--topology", "ring", "--n", "30", "--coupling-range", "3", "--weights", "exp",
+                            "--lattice-constant", "2", "--steps", "10", "--save-every", "10", "--coupling", "1.0")
+    assert summary["lattice"] == "ring n=30 range 3"
+    with open_trajectory(out) as traj:
+        senders, receivers = traj.edges()[0].T
+        weights = traj.edges()[1]
+    d = np.abs(senders - receivers)
+    d = np.minimum(d, 30 - d)
+    assert senders.shape[0] == 30 * 6 and set(d.tolist()) == {1, 2, 3}
+    assert np.allclose(weights, np.exp(-d / 2.0))
+
+
 def test_recipe_file_with_set_overrides(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text('name = "demo"\n[lattice]\ntopology = "ring"\nn = 16\n[dynamics]\nsteps = 10\n'
