@@ -153,6 +153,12 @@ def numpy_csr_impl(case: Case):
     def f(theta):
         return omega + coupling * coupling_sum(np.sin(theta), np.cos(theta))
 
+    return _rk4_runner(case, f)
+
+
+def _rk4_runner(case: Case, f):
+    """run(steps, dt) -> theta: classical RK4 of dtheta/dt = f(theta) from the case's initial state."""
+
     def run(steps: int, dt: float = DT) -> np.ndarray:
         theta = case.theta0.copy()
         for _ in range(steps):
@@ -178,17 +184,7 @@ def numpy_edges_impl(case: Case):
             np.add.at(out[r], recv, weight * np.sin(theta[r, send] - theta[r, recv]))
         return omega + coupling * out
 
-    def run(steps: int, dt: float = DT) -> np.ndarray:
-        theta = case.theta0.copy()
-        for _ in range(steps):
-            k1 = f(theta)
-            k2 = f(theta + 0.5 * dt * k1)
-            k3 = f(theta + 0.5 * dt * k2)
-            k4 = f(theta + dt * k3)
-            theta = theta + (dt / 6.0) * (k1 + 2 * k2 + 2 * k3 + k4)
-        return theta
-
-    return run
+    return _rk4_runner(case, f)
 
 
 def kuramoto_package_impl(case: Case):

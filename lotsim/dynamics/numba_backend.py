@@ -334,6 +334,25 @@ def _stage_chunk(r, blk0, blk1, stage, cur, step, theta, vel, par, op, inertial,
                 psum[1, m, r, blk] = pc
 
 
+@njit(**_JIT)
+def _integrate_replica(r, n_blocks, n_steps, theta, vel, par, op, inertial, noisy, dw, buf):
+    """All ``n_steps`` of replica ``r`` on the calling thread (every block of it, stage after stage)."""
+    n_stages = par[7].shape[0]
+    kind = op[0]
+    zero = np.int64(0)
+    _stage_chunk(r, zero, n_blocks, np.int64(-1), zero, zero, theta, vel, par, op, inertial, noisy, dw, buf)
+    if kind == _MEAN_FIELD:
+        _reduce_mean_field(r, buf)
+    cur = np.int64(0)
+    for step in range(n_steps):
+        for stage in range(n_stages):
+            _stage_chunk(r, zero, n_blocks, np.int64(stage), cur, np.int64(step), theta, vel, par, op,
+                         inertial, noisy, dw, buf)
+            if kind == _MEAN_FIELD:
+                _reduce_mean_field(r, buf)
+            cur = 1 - cur
+
+
 @njit(parallel=True, **_JIT)
 def _integrate(by_replica, chunk, n_steps, theta, vel, par, op, inertial, noisy, dw, buf):
     """Advance theta (b, n) [and vel] in place by n_steps; ``buf`` is scratch.
@@ -349,18 +368,7 @@ def _integrate(by_replica, chunk, n_steps, theta, vel, par, op, inertial, noisy,
     zero = np.int64(0)
     if by_replica:
         for r in prange(b):
-            rr = np.int64(r)
-            _stage_chunk(rr, zero, n_blocks, prepare, zero, zero, theta, vel, par, op, inertial, noisy, dw, buf)
-            if kind == _MEAN_FIELD:
-                _reduce_mean_field(rr, buf)
-            cur = np.int64(0)
-            for step in range(n_steps):
-                for stage in range(n_stages):
-                    _stage_chunk(rr, zero, n_blocks, np.int64(stage), cur, np.int64(step), theta, vel, par, op,
-                                 inertial, noisy, dw, buf)
-                    if kind == _MEAN_FIELD:
-                        _reduce_mean_field(rr, buf)
-                    cur = 1 - cur
+            _integrate_replica(np.int64(r), n_blocks, n_steps, theta, vel, par, op, inertial, noisy, dw, buf)
     else:
         n_chunks = (n_blocks + chunk - 1) // chunk
         for t in prange(b * n_chunks):
@@ -393,22 +401,8 @@ def _integrate_serial(n_steps, theta, vel, par, op, inertial, noisy, dw, buf):
     following parallel regions up to 40x slower."""
     b, n = theta.shape
     n_blocks = np.int64((n + _BLOCK - 1) // _BLOCK)
-    n_stages = par[7].shape[0]
-    kind = op[0]
-    zero = np.int64(0)
     for r in range(b):
-        rr = np.int64(r)
-        _stage_chunk(rr, zero, n_blocks, np.int64(-1), zero, zero, theta, vel, par, op, inertial, noisy, dw, buf)
-        if kind == _MEAN_FIELD:
-            _reduce_mean_field(rr, buf)
-        cur = np.int64(0)
-        for step in range(n_steps):
-            for stage in range(n_stages):
-                _stage_chunk(rr, zero, n_blocks, np.int64(stage), cur, np.int64(step), theta, vel, par, op,
-                             inertial, noisy, dw, buf)
-                if kind == _MEAN_FIELD:
-                    _reduce_mean_field(rr, buf)
-                cur = 1 - cur
+        _integrate_replica(np.int64(r), n_blocks, n_steps, theta, vel, par, op, inertial, noisy, dw, buf)
 
 
 # ---------------------------------------------------------------------------------------------------
