@@ -44,28 +44,28 @@ def _figure(width: float = 6.4, height: float = 4.4, nrows: int = 1, ncols: int 
     return fig, fig.subplots(nrows, ncols, squeeze=False, **kwargs)
 
 
-def provenance(sources: Sequence[str | Path], what: str) -> dict[str, str]:
-    """Figure metadata naming the lotsim version, the analysis and the trajectory files it read.
+def provenance(sources: Sequence[str | Path], what: str, fmt: str = "png") -> dict[str, str]:
+    """``savefig(metadata=...)`` naming the lotsim version, the analysis and the files it read.
 
-    PNG keeps these as text chunks, SVG as Dublin Core: a figure found later says what made it.
+    PNG keeps these as text chunks (plus ``Software``), SVG as Dublin Core: a figure found later says
+    what made it.
     """
     from lotsim import __version__
 
-    return {"Creator": f"lotsim {__version__}", "Source": ", ".join(str(Path(p).resolve()) for p in sources),
+    meta = {"Creator": f"lotsim {__version__}", "Source": ", ".join(str(Path(p).resolve()) for p in sources),
             "Description": f"lotsim analyze: {what}"}
+    return {"Software": meta["Creator"], **meta} if fmt == "png" else meta
 
 
 def _save(fig, out_dir: Path, stem: str, formats: Sequence[str], sources: Sequence[str | Path]) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metadata = provenance(sources, stem)
     paths = []
     for fmt in formats:
         if fmt not in FORMATS:
             raise ValueError(f"plot format {fmt!r} is not allowed; use png or svg")
         path = out_dir / f"{stem}.{fmt}"
-        png = {"Software": metadata["Creator"], **metadata}
-        fig.savefig(path, dpi=150, metadata=png if fmt == "png" else metadata)
+        fig.savefig(path, dpi=150, metadata=provenance(sources, stem, fmt))
         paths.append(path)
     return paths
 

@@ -133,7 +133,6 @@ def plot_run_telemetry(summary: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     from lotsim.analysis.plots import provenance
 
-    meta = provenance([summary["run_dir"]], "run telemetry")
-    fig.savefig(path, dpi=120, metadata={"Software": meta["Creator"], **meta} if path.suffix == ".png" else meta)
+    fig.savefig(path, dpi=120, metadata=provenance([summary["run_dir"]], "run telemetry", path.suffix.lstrip(".")))
     plt.close(fig)
     return path

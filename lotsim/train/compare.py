@@ -190,6 +190,10 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
     records: dict[Path, dict] = {}
     done = 0
 
+    def started(arm: str, lr: float, seed: int, run_dir: Path) -> None:
+        emit({"event": "run", "arm": arm, "lr": lr, "seed": seed, "index": done, "total": total,
+              "run_dir": str(run_dir)})
+
     def finished(arm: str, lr: float, seed: int, run_dir: Path) -> None:
         nonlocal done
         records[run_dir] = _run_record(seed, run_dir)
@@ -200,19 +204,17 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
     pending = []
     for arm, lr, seed, run_dir, recipe in planned:
         if (run_dir / "metrics.json").is_file():  # a finished run is reused
-            emit({"event": "run", "arm": arm, "lr": lr, "seed": seed, "index": done, "total": total,
-                  "run_dir": str(run_dir)})
+            started(arm, lr, seed, run_dir)
             finished(arm, lr, seed, run_dir)
         else:
             pending.append((arm, lr, seed, run_dir, recipe))
     if jobs == 1:
         for arm, lr, seed, run_dir, recipe in pending:
-            emit({"event": "run", "arm": arm, "lr": lr, "seed": seed, "index": done, "total": total,
-                  "run_dir": str(run_dir)})
+            started(arm, lr, seed, run_dir)
             _train_run(recipe, run_dir, callback=lambda e: emit({"event": "train", "train": e}))
             finished(arm, lr, seed, run_dir)
     elif pending:
-        _train_in_pool(pending, jobs, emit, finished, lambda: done, total)
+        _train_in_pool(pending, jobs, started, finished)
 
     runs: dict[str, dict[float, list[dict]]] = {a.name: {lr: [] for lr in lrs} for a in arms}
     for arm, lr, _, run_dir, _ in planned:
@@ -240,8 +242,7 @@ def _train_run(recipe: TrainingRecipe, run_dir: Path, callback: Callable[[dict],
     train(None if resume else recipe, run_dir, resume=resume, callback=callback)
 
 
-def _train_in_pool(pending: list, jobs: int, emit: Callable[[dict], None], finished: Callable, done: Callable,
-                   total: int) -> None:
+def _train_in_pool(pending: list, jobs: int, started: Callable, finished: Callable) -> None:
     """Run ``pending`` trainings ``jobs`` at a time in spawned processes, reporting each as it ends.
 
     On Ctrl-C every worker saves its checkpoint (they receive the signal too) before this re-raises,
@@ -253,8 +254,7 @@ def _train_in_pool(pending: list, jobs: int, emit: Callable[[dict], None], finis
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {}
         for arm, lr, seed, run_dir, recipe in pending:
-            emit({"event": "run", "arm": arm, "lr": lr, "seed": seed, "index": done(), "total": total,
-                  "run_dir": str(run_dir)})
+            started(arm, lr, seed, run_dir)
             futures[pool.submit(_train_run, recipe, run_dir)] = (arm, lr, seed, run_dir)
         try:
             remaining = set(futures)
