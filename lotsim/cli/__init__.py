@@ -13,6 +13,7 @@ from lotsim.cli.analyze_run import run as analyze_run
 from lotsim.cli.compare import compare
 from lotsim.cli.eval import eval_
 from lotsim.cli.export import export
+from lotsim.cli.generate import generate
 from lotsim.cli.simulate import simulate
 from lotsim.cli.sweep import sweep
 from lotsim.cli.train import train
@@ -45,6 +46,7 @@ app.command()(sweep)
 app.command()(train)
 app.command(name="eval")(eval_)
 app.command()(export)
+app.command()(generate)
 app.command()(compare)
 analyze_app.command("run")(analyze_run)  # training telemetry: sync order over training
 app.add_typer(analyze_app, name="analyze")
