@@ -124,8 +124,9 @@ def transition(runs: Annotated[list[Path], typer.Argument(help="Sweep files (cou
 
     fit, chi = summary["kc_fit"], summary["kc_susceptibility"]
     theory = f", theory K_c = {summary['kc_theory']:.4g}" if summary["kc_theory"] is not None else ""
-    table = Table(title=f"{summary['lattice']}: K_c = {fit['kc']:.4g} ± {_fmt(fit['sd'], '.2g')} (fit), "
-                        f"{chi['kc']:.4g} ± {chi['sd']:.2g} (χ peak){theory}")
+    onset = (f"K_c = {fit['kc']:.4g} ± {_fmt(fit['sd'], '.2g')} (fit)" if summary["first_order"] is None else
+             f"first-order transition ({summary['first_order']}): no K_c fit")
+    table = Table(title=f"{summary['lattice']}: {onset}, {chi['kc']:.4g} ± {chi['sd']:.2g} (χ peak){theory}")
     for column in ("K", "seeds", "r mean", "95% band", "χ", "r theory"):
         table.add_column(column, justify="right")
     r_theory = summary["r_theory"] or [None] * len(summary["couplings"])
