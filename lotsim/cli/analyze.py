@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lotsim.cli._common import print_json, progress_bar, stderr, stdout, user_errors
+from lotsim.cli._common import print_json, print_table, progress_bar, stderr, user_errors
 
 analyze_app = typer.Typer(help="Analyse trajectories: order parameters, transitions, phase maps, defects.",
                           no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
@@ -49,7 +49,7 @@ def _done(json_: bool, summary: dict, table) -> None:
         print_json(summary)
         return
     if table is not None:
-        stdout.print(table)
+        print_table(table)
     for path in summary.get("plots", []) or []:
         stderr.print(f"plot: [bold]{path}[/bold]")
 
