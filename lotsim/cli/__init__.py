@@ -9,6 +9,7 @@ import typer
 
 from lotsim import __version__
 from lotsim.cli.analyze import analyze_app
+from lotsim.cli.analyze_run import head_lattice
 from lotsim.cli.analyze_run import run as analyze_run
 from lotsim.cli.compare import compare
 from lotsim.cli.eval import eval_
@@ -49,4 +50,5 @@ app.command()(export)
 app.command()(generate)
 app.command()(compare)
 analyze_app.command("run")(analyze_run)  # training telemetry: sync order over training
+analyze_app.command("head-lattice")(head_lattice)  # a trained head lattice -> a simulate recipe
 app.add_typer(analyze_app, name="analyze")

@@ -1,8 +1,9 @@
-"""``lotsim analyze run RUN_DIR``: a training run's phase telemetry (sync order over training).
+"""``lotsim analyze run RUN_DIR``: a training run's phase telemetry (sync order over training), and
+``lotsim analyze head-lattice``: a trained layer's head lattice as a ``lotsim simulate`` recipe.
 
-Register on the analyze sub-app with ``analyze_app.command("run")(run)``. ``--plot``, ``--svg`` and
-``--out`` mean what they mean for every ``lotsim analyze`` command: write figures into ``plots/``
-next to the input (here: inside the run folder), or into ``--out DIR``.
+Registered on the analyze sub-app by :mod:`lotsim.cli`. ``--plot``, ``--svg`` and ``--out`` mean
+what they mean for every ``lotsim analyze`` command: write figures into ``plots/`` next to the
+input (here: inside the run folder), or into ``--out DIR``.
 """
 
 from __future__ import annotations
@@ -52,3 +53,48 @@ def run(
     print_table(table)
     for path in summary.get("plots", []):
         stderr.print(f"plot: [bold]{path}[/bold]", highlight=False)
+
+
+def head_lattice(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file or run folder (best.pt, else last.pt).",
+                                               show_default=False)],
+    layer: Annotated[int, typer.Option(help="Layer whose head lattice to export (a lattice attention).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Folder for simulate.toml, edges.txt and omega.npy (default: "
+                                             "head_lattice_layer<L>/ in the run folder).", show_default=False)]
+    = None,
+    steps: Annotated[int, typer.Option(help="Integration steps written into the recipe.")] = 2000,
+    save_every: Annotated[int, typer.Option(help="Output stride written into the recipe.")] = 10,
+    overwrite: Annotated[bool, typer.Option(help="Replace files already in --out.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
+) -> None:
+    """Export a trained layer's head lattice (learned frequencies, couplings and lattice constants) as
+    a lotsim simulate recipe, so the learned oscillators can be simulated and analysed as physics."""
+    from lotsim.cli._common import fail
+
+    if steps < 1 or save_every < 1:
+        raise fail(f"--steps ({steps}) and --save-every ({save_every}) must be >= 1")
+    from lotsim.api import load_model
+    from lotsim.model.simulation import EDGES_FILE, OMEGA_FILE, RECIPE_FILE, write_simulation_inputs
+
+    with user_errors():
+        trained = load_model(checkpoint)
+        folder = out if out is not None else _run_folder(trained.path) / f"head_lattice_layer{layer}"
+        names = (RECIPE_FILE, EDGES_FILE, OMEGA_FILE)
+        existing = [name for name in names if (folder / name).exists()]
+        if existing and not overwrite:
+            raise ValueError(f"{str(folder)!r} already holds {', '.join(existing)}; pass --overwrite to replace them")
+        n_layers = trained.model.config.n_layers
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"--layer {layer} is out of range; the model has layers 0..{n_layers - 1}")
+        recipe = write_simulation_inputs(trained.model, layer, folder, steps=steps, save_every=save_every)
+    summary = {"checkpoint": str(trained.path), "layer": layer, "recipe": str(recipe),
+               "files": [str(folder / name) for name in names],
+               "simulate": f"lotsim simulate {recipe}"}
+    if json_:
+        print_json(summary)
+        return
+    stderr.print(f"recipe: [bold]{recipe}[/bold]; simulate it with: lotsim simulate {recipe}", highlight=False)
+
+
+def _run_folder(checkpoint: Path) -> Path:
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
