@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lotsim.analysis._group import open_group
 from lotsim.analysis._run import RunInfo, check_frame, check_replica, decimate, node_positions, read_run_info
-from lotsim.io import open_trajectory
 
 PHASE_CMAP = "twilight"
 TIME_LABEL = "time t (units of 1/ω)"
@@ -47,6 +47,11 @@ def time_label(info: RunInfo) -> str:
             dist != "constant" and float(freq.get("width", 0.0) or 0.0) > 0.0):
         return TIME_LABEL
     return "time t"
+
+
+def _stem(path: str | Path, group: str | None) -> str:
+    """File-name stem of a run's figures: the file's stem, plus the group when one was asked for."""
+    return Path(path).stem + (f"_{group}" if group else "")
 
 
 def default_plot_dir(path: str | Path) -> Path:
@@ -132,7 +137,7 @@ def _one_per_coupling(info: RunInfo, reps: Sequence[int], at_most: int) -> list[
 def plot_order(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
     """r(t) with transients and theory, effective vs natural frequencies, and V(t) when defined."""
     info, reps = report.info, report.replicas
-    stem = info.path.stem
+    stem = _stem(info.path, report.group)
     many = len(reps) > 6
     colors, mappable = _coupling_colors(info, reps) if many else ([f"C{i}" for i in range(len(reps))], None)
     fig, axes = _figure(11.5, 4.4, 1, 2)
@@ -229,7 +234,7 @@ def plot_frequency_profile(report, out_dir: Path, formats: Sequence[str] = ("png
            title="effective frequency profile (flat = locked domain)")
     ax.legend(loc="best", fontsize=8)
     fig.suptitle(info.label)
-    return _save(fig, out_dir, f"{info.path.stem}_frequency_profile", formats, [info.path])
+    return _save(fig, out_dir, f"{_stem(info.path, report.group)}_frequency_profile", formats, [info.path])
 
 
 def plot_potential(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
@@ -251,7 +256,7 @@ def plot_potential(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> 
     else:
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(info.label)
-    return _save(fig, out_dir, f"{info.path.stem}_potential", formats, [info.path])
+    return _save(fig, out_dir, f"{_stem(info.path, report.group)}_potential", formats, [info.path])
 
 
 # -------------------------------------------------------------------------------------- transition
@@ -395,7 +400,7 @@ def _omega(traj, info: RunInfo, replica: int) -> np.ndarray | None:
 
 
 def plot_snapshot(path: str | Path, *, frame: int = -1, replica: int = 0, out: str | Path | None = None,
-                  formats: Sequence[str] = ("png",)) -> dict:
+                  formats: Sequence[str] = ("png",), group: str | None = None) -> dict:
     """The wrapped phase field of one frame and replica.
 
     Returns:
@@ -404,7 +409,7 @@ def plot_snapshot(path: str | Path, *, frame: int = -1, replica: int = 0, out: s
     Raises:
         ValueError: Bad file, frame or replica.
     """
-    with open_trajectory(path) as traj:
+    with open_group(path, group) as traj:
         info = read_run_info(traj)
         check_replica(info, replica)
         index = check_frame(info, frame)
@@ -413,7 +418,7 @@ def plot_snapshot(path: str | Path, *, frame: int = -1, replica: int = 0, out: s
     fig, axes = _figure(6.6, 5.6)
     drawer = _Field(fig, axes[0, 0], info, positions, omega, edges)
     drawer.update(theta, float(info.times[index]), f"{info.label}, {_replica_label(info, replica)}")
-    out_dir, stem = _out(path, out, f"{info.path.stem}_snapshot_r{replica}_f{index}")
+    out_dir, stem = _out(path, out, f"{_stem(info.path, group)}_snapshot_r{replica}_f{index}")
     return {"frame": index, "replica": replica, "time": float(info.times[index]),
             "r": float(abs(np.exp(1j * theta).mean())), "kind": drawer.kind,
             "plots": [str(p) for p in _save(fig, out_dir, stem, formats, [info.path])], "warnings": info.warnings}
@@ -444,7 +449,7 @@ def corotating_frequency(theta: np.ndarray, times: np.ndarray, tol: float = 1e-2
 
 
 def plot_spacetime(path: str | Path, *, replica: int = 0, out: str | Path | None = None, max_rows: int = 1000,
-                   corotating: bool = True, formats: Sequence[str] = ("png",)) -> dict:
+                   corotating: bool = True, formats: Sequence[str] = ("png",), group: str | None = None) -> dict:
     """Space-time diagram: wrapped phase against node (x) and time (y), streamed and decimated to at most
     ``max_rows`` frames; by default in the frame rotating at :func:`corotating_frequency` (theta_j - Omega t),
     where a common fast rotation would otherwise alias between the drawn frames.
@@ -454,7 +459,7 @@ def plot_spacetime(path: str | Path, *, replica: int = 0, out: str | Path | None
     """
     from lotsim.analysis._run import stream_blocks
 
-    with open_trajectory(path) as traj:
+    with open_group(path, group) as traj:
         info = read_run_info(traj)
         check_replica(info, replica)
         keep = decimate(info.n_frames, max_rows)
@@ -474,7 +479,7 @@ def plot_spacetime(path: str | Path, *, replica: int = 0, out: str | Path | None
     ax.set(xlabel="node j", ylabel=time_label(info),
            title=f"space-time diagram, {_replica_label(info, replica)}, {frame}")
     fig.suptitle(info.label)
-    out_dir, stem = _out(path, out, f"{info.path.stem}_spacetime_r{replica}")
+    out_dir, stem = _out(path, out, f"{_stem(info.path, group)}_spacetime_r{replica}")
     paths = _save(fig, out_dir, stem, formats, [info.path])
     return {"replica": replica, "frames": int(keep.size), "frame_frequency": frequency,
             "plots": [str(p) for p in paths], "warnings": info.warnings}
@@ -501,7 +506,8 @@ def _movie_writer(out: Path, fps: int):
 
 
 def write_movie(path: str | Path, *, out: str | Path | None = None, replica: int = 0, fps: int = 10,
-                max_frames: int = 200, dpi: int = 100, progress: Callable[[int, int], None] | None = None) -> dict:
+                max_frames: int = 200, dpi: int = 100, progress: Callable[[int, int], None] | None = None,
+                group: str | None = None) -> dict:
     """Animate the phase field of one replica (GIF with Pillow, MP4 with ffmpeg), streaming the frames.
 
     Args:
@@ -512,6 +518,7 @@ def write_movie(path: str | Path, *, out: str | Path | None = None, replica: int
         max_frames: At most this many evenly spaced frames (the last one included).
         dpi: Resolution.
         progress: Called as ``progress(frames_written, total)``.
+        group: The particles group (default: the file's oscillators; e.g. ``layer_00`` of telemetry).
 
     Returns:
         ``{"output", "frames", "fps", "replica"}``.
@@ -522,9 +529,9 @@ def write_movie(path: str | Path, *, out: str | Path | None = None, replica: int
         raise ValueError(f"--fps must be >= 1, got {fps}")
     if max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {max_frames}")
-    out = Path(out) if out is not None else default_plot_dir(path) / f"{Path(path).stem}_movie_r{replica}.gif"
+    out = Path(out) if out is not None else default_plot_dir(path) / f"{_stem(path, group)}_movie_r{replica}.gif"
     writer = _movie_writer(out, fps)
-    with open_trajectory(path) as traj:
+    with open_group(path, group) as traj:
         info = read_run_info(traj)
         check_replica(info, replica)
         positions, omega, edges = node_positions(traj, info), _omega(traj, info, replica), _edges(traj)
@@ -616,4 +623,4 @@ def plot_defects(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> li
     else:
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(info.label)
-    return _save(fig, out_dir, f"{info.path.stem}_defects", formats, [info.path])
+    return _save(fig, out_dir, f"{_stem(info.path, report.group)}_defects", formats, [info.path])
