@@ -304,6 +304,10 @@ class TrainedModel:
             ValueError: a character or token the vocabulary does not have (one line naming it).
         """
         vocab = self.vocabulary
+        task = self.recipe_dict.get("task", {})
+        if vocab is None and isinstance(task, dict) and task.get("kind") == "char_lm":
+            raise ValueError(f"the checkpoint stores no vocabulary and its corpus {task.get('path')!r} is not here "
+                             f"(relative paths are relative to where training ran); run from that folder")
         if vocab is None or (vocab["kind"] != "byte" and not vocab.get("itos")):
             try:
                 ids = [int(part) for part in text.replace(",", " ").split()]

@@ -129,6 +129,8 @@ def test_the_stored_vocabulary_wins_and_char_lm_prompts_are_text(tmp_path):
     assert trained.decode(trained.encode("hi jab")) == "hi jab"
     stored = {"kind": "char", "itos": list("ABCDEFGHIJK"), "join": ""}
     corpus.unlink()  # the stored vocabulary needs no corpus
+    with pytest.raises(ValueError, match="corpus .*tiny.txt.* is not here"):
+        load_model(checkpoint(tmp_path / "gone.pt", tiny(), task)).encode("abc")
     trained = load_model(checkpoint(tmp_path / "b.pt", tiny(), task, vocabulary=stored))
     assert trained.encode("KA") == [10, 0]
     text = trained.generate("ABC", 5, temperature=0)
