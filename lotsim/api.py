@@ -117,6 +117,16 @@ class Run:
         return dataset
 
 
+def _sections() -> dict[str, type]:
+    """The recipe's sections: ``{name: section model}`` (``lattice``, ``dynamics``, ...)."""
+    from pydantic import BaseModel
+
+    from lotsim.config import SimulationRecipe
+
+    return {name: info.annotation for name, info in SimulationRecipe.model_fields.items()
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)}
+
+
 def recipe_keys() -> dict[str, str]:
     """Keyword names :func:`simulate` accepts for single recipe keys -> their dotted recipe key.
 
@@ -125,29 +135,23 @@ def recipe_keys() -> dict[str, str]:
     ``t_max``, ``dist``, ...). Keys that several sections share (``file``) are given as a section
     dict (``initial={"kind": "file", "file": "x.npy"}``) or as an override (``"initial.file=x.npy"``).
     """
-    from pydantic import BaseModel
-
     from lotsim.config import SimulationRecipe
 
-    top: dict[str, str] = {}
+    sections = _sections()
+    top = {name: name for name in SimulationRecipe.model_fields if name not in sections}
     seen: dict[str, list[str]] = {}
-    for name, info in SimulationRecipe.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            for key in annotation.model_fields:
-                seen.setdefault(key, []).append(f"{name}.{key}")
-        else:
-            top[name] = name
+    for name, model in sections.items():
+        for key in model.model_fields:
+            seen.setdefault(key, []).append(f"{name}.{key}")
     unique = {key: paths[0] for key, paths in seen.items() if len(paths) == 1 and key not in top}
     return {**top, **unique}
 
 
 def _updates(keys: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :func:`simulate` -> ``{dotted key: value}`` updates of the recipe dict."""
-    from lotsim.config import RecipeError, SimulationRecipe
+    from lotsim.config import RecipeError
 
-    sections = {name for name, info in SimulationRecipe.model_fields.items()
-                if isinstance(info.annotation, type) and hasattr(info.annotation, "model_fields")}
+    sections = _sections()
     flat = recipe_keys()
     updates: dict[str, Any] = {}
     for key, value in keys.items():
@@ -162,9 +166,9 @@ def _updates(keys: Mapping[str, Any]) -> dict[str, Any]:
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise RecipeError(f"simulate() got an unknown keyword {key!r}{suggestion}; allowed: the sections "
                               f"{', '.join(sorted(sections))} as dicts, or {', '.join(sorted(flat))}")
-    for dotted, value in list(updates.items()):
-        if isinstance(value, tuple | np.ndarray):
-            updates[dotted] = list(np.asarray(value).tolist()) if isinstance(value, np.ndarray) else list(value)
+    for dotted, value in updates.items():
+        if isinstance(value, tuple | np.ndarray):  # shape=(64, 64), coupling=np.linspace(...)
+            updates[dotted] = np.asarray(value).tolist()
     # a duration given here replaces the recipe's other duration key, as on the command line
     if "dynamics.steps" in updates:
         updates.setdefault("dynamics.t_max", None)
