@@ -113,20 +113,21 @@ def _log_two_kappa(coupling: torch.Tensor) -> torch.Tensor:
 
 def _locking_factor(detuning: torch.Tensor, scores: torch.Tensor, log_two_kappa: torch.Tensor, epsilon: float
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """g(r) and the slack relu(1 - r^2) of r = |dw| / (2 kappa e^s) (elementwise, broadcasting).
+    """``sqrt(slack + eps) - sqrt(eps)`` (g up to its constant normaliser, which cancels in the
+    attention weights) and the slack ``relu(1 - r^2)`` of ``r = |dw| / (2 kappa e^s)``; elementwise.
 
-    Formed so that float32 never overflows: the exponent is clamped (a pair that far from locking
-    stays unlocked) and r is capped at 2 before squaring (g(r >= 1) = 0), so no inf reaches a product
-    whose backward would turn 0 * inf into NaN.
+    r^2 is formed directly (``dw^2 e^{-2(s + log 2 kappa)}``) and stays NaN-free in float32: the
+    exponent is clamped at 80 (e^80 is finite, so the self pair's 0 * e^80 stays 0; a pair that far
+    from locking stays unlocked), and r^2 is capped at 4 (g(r >= 1) = 0), whose backward passes a
+    zero gradient instead of multiplying 0 by an overflowed product.
     """
-    r = (detuning * torch.exp((-scores - log_two_kappa).clamp_max(60.0))).clamp_max(2.0)
-    slack = torch.relu(1 - r * r)
-    sqrt_eps = math.sqrt(epsilon)
-    return (torch.sqrt(slack + epsilon) - sqrt_eps) / (math.sqrt(1 + epsilon) - sqrt_eps), slack
+    r2 = (detuning.square() * torch.exp((-2 * (scores + log_two_kappa)).clamp_max(80.0))).clamp_max(4.0)
+    slack = torch.relu(1 - r2)
+    return torch.sqrt(slack + epsilon) - math.sqrt(epsilon), slack
 
 
 def locking(scores: torch.Tensor, omega: torch.Tensor, coupling: torch.Tensor, epsilon: float,
-            query_start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+            query_start: int = 0, normalise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Steady-state locking factor g and locked mask for explicit scores.
 
     Args:
@@ -136,14 +137,17 @@ def locking(scores: torch.Tensor, omega: torch.Tensor, coupling: torch.Tensor, e
         coupling: (h,) kappa.
         epsilon: eps of g.
         query_start: position of the first query row.
+        normalise: divide g by its constant so that g(0) = 1 (the attention weights do without).
 
     Returns:
         (g, locked), each (b, h, c, u); the self pair is always locked; causality is not applied.
     """
     c, u = scores.shape[-2:]
     om = omega.transpose(1, 2)  # (b, h, t')
-    detuning = (om[..., query_start:query_start + c, None] - om[..., None, :u]).abs()  # |omega_t - omega_u|
+    detuning = om[..., query_start:query_start + c, None] - om[..., None, :u]  # omega_t - omega_u
     g, slack = _locking_factor(detuning, scores, _log_two_kappa(coupling).view(-1, 1, 1), epsilon)
+    if normalise:
+        g = g / (math.sqrt(1 + epsilon) - math.sqrt(epsilon))  # g(0) = 1
     rows = torch.arange(query_start, query_start + c, device=scores.device)[:, None]
     self_pair = rows == torch.arange(u, device=scores.device)
     return g, (slack > 0) | self_pair
@@ -159,7 +163,7 @@ def _ssa_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Te
     """
     c, u = q.shape[-2], k.shape[-2]
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (b, h, c, u)
-    g, locked = locking(scores, omega, coupling, epsilon, query_start)
+    g, locked = locking(scores, omega, coupling, epsilon, query_start, normalise=False)
     rows = torch.arange(query_start, query_start + c, device=q.device)[:, None]
     keep = locked & (torch.arange(u, device=q.device) <= rows)
     # masked before the exponential (masked keys give exp(-inf) = 0 and a zero gradient, never inf);
@@ -234,8 +238,7 @@ def ssa_score_mod(omega: torch.Tensor, coupling: torch.Tensor, epsilon: float):
     log_two_kappa = _log_two_kappa(coupling)
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        detuning = (om[b, h, q_idx] - om[b, h, kv_idx]).abs()
-        g, slack = _locking_factor(detuning, score, log_two_kappa[h], epsilon)
+        g, slack = _locking_factor(om[b, h, q_idx] - om[b, h, kv_idx], score, log_two_kappa[h], epsilon)
         keep = ((slack > 0) | (q_idx == kv_idx)) & (kv_idx <= q_idx)
         # -inf for masked pairs; the inner where keeps log's argument positive on either branch
         return torch.where(keep, score + torch.log(torch.where(keep, g, 1.0)), float("-inf"))
