@@ -43,7 +43,7 @@ def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     ``x cos + rotate_half(x) sin`` with ``rotate_half(x) = (-x2, x1)``, written as
     ``x cos + roll(x, d/2) sin'`` where ``sin'`` carries rotate-half's sign on its first half: three
     elementwise passes (roll, mul, addcmul) instead of five, which on a CPU cuts RoPE's forward +
-    backward time by about a third (measured in benchmarks/bench_train.py's profile).
+    backward time by about a third (docs/performance.md, "Training performance").
     """
     half = x.shape[-1] // 2
     signed_sin = torch.cat([-rope.sin[..., :half], rope.sin[..., half:]], dim=-1)  # (t, d), tiny

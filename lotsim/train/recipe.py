@@ -62,9 +62,10 @@ class TrainSection(Section):
             about as fast on one thread, and several threads slow down badly on a busy machine.
         stop_at: stop after this step as if interrupted (resumable; the schedule still spans ``steps``).
         compile: run the training forward and backward through ``torch.compile`` (evaluation stays
-            eager). On a CPU it costs a one-off compilation (about 30 s of CPU for the baby-GPT
-            shape, cached on disk for later runs) and then saves about a fifth of each step, so it
-            pays for runs of a few thousand steps; see docs/performance.md.
+            eager). On a CPU it costs a one-off compilation (85 s of wall time for the baby-GPT
+            shape on a loaded 2-core machine; cached on disk for later runs; needs a C++ compiler)
+            and then saves about a sixth of each step, so it pays for runs of a few thousand steps;
+            see docs/performance.md.
     """
 
     steps: Annotated[int, Field(ge=1)] = 1500
