@@ -39,6 +39,10 @@ class ModelOutput:
     intermediates: list[Intermediates] | None = None
 
 
+# torch's fused RMS-norm forward that also returns 1/rms (a private op; absent -> the public path)
+_HAS_FUSED_RMS_NORM = hasattr(torch.ops.aten, "_fused_rms_norm")
+
+
 class _RMSNormFunction(torch.autograd.Function):
     """RMS norm with torch's fused forward and a hand-written backward (CPU training).
 
@@ -75,8 +79,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and (x.requires_grad or self.weight.requires_grad)):
+        if (_HAS_FUSED_RMS_NORM and x.device.type == "cpu" and torch.is_grad_enabled()
+                and not torch.compiler.is_compiling() and (x.requires_grad or self.weight.requires_grad)):
             return _RMSNormFunction.apply(x, self.weight, self.eps)  # CPU training: the cheaper backward
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
