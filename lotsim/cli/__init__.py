@@ -13,7 +13,7 @@ from lotsim.cli.analyze_run import run as analyze_run
 from lotsim.cli.compare import compare
 from lotsim.cli.eval import eval_
 from lotsim.cli.export import export
-from lotsim.cli.simulate import simulate
+from lotsim.cli.simulate import RecipeHelp, simulate
 from lotsim.cli.sweep import sweep
 from lotsim.cli.train import train
 
@@ -40,7 +40,7 @@ def main(
     """lotsim: Lattice Oscillator Transformers and a fast, tested Kuramoto lattice simulator."""
 
 
-app.command()(simulate)
+app.command(cls=RecipeHelp)(simulate)
 app.command()(sweep)
 app.command()(train)
 app.command(name="eval")(eval_)

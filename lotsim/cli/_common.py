@@ -19,8 +19,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-stderr = Console(stderr=True)
-stdout = Console()
+stderr = Console(stderr=True, emoji=False)  # ":b:" in a user value stays ":b:"
+stdout = Console(emoji=False)
 
 USAGE_ERROR, RUNTIME_ERROR = 2, 1
 
