@@ -440,9 +440,14 @@ def format_validation_error(err: ValidationError, model: type[BaseModel]) -> str
     return f"{'.'.join(key) or 'recipe'}: {message}{value}{f' [+{more} more]' if more else ''}"
 
 
+def recipe_to_dict(recipe: BaseModel) -> dict:
+    """The resolved recipe as a nested dict of TOML values (None values omitted: TOML has no null)."""
+    return _drop_none(recipe.model_dump(mode="json"))
+
+
 def recipe_to_toml(recipe: BaseModel) -> str:
-    """The resolved recipe as TOML text (None values omitted: TOML has no null)."""
-    return tomli_w.dumps(_drop_none(recipe.model_dump(mode="json")))
+    """The resolved recipe as TOML text."""
+    return tomli_w.dumps(recipe_to_dict(recipe))
 
 
 def _drop_none(data):

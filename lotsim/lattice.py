@@ -41,6 +41,8 @@ Topology = Literal[
 WeightKind = Literal["uniform", "exp", "power"]
 TOPOLOGIES: tuple[str, ...] = get_args(Topology)
 WEIGHT_KINDS: tuple[str, ...] = get_args(WeightKind)
+Normalization = Literal["mean-field", "degree", "none"]
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 GRID_TOPOLOGIES: tuple[str, ...] = ("square", "triangular", "hexagonal", "hypercubic")
 FILE_TOPOLOGIES: tuple[str, ...] = ("edgelist", "graphml")
 
@@ -464,6 +466,23 @@ def build_lattice(
     if coupling_range is not None:
         lat = lat.with_range(coupling_range)
     return lat.with_weights(weights, lattice_constant, exponent) if weights != "uniform" else lat
+
+
+def row_scale(normalization: Normalization, in_degree: np.ndarray) -> np.ndarray:
+    """(n,) factor of each row of the coupling matrix ``W = row_scale[:, None] * A``.
+
+    ``mean-field``: 1/N; ``degree``: 1/k_i with the weighted in-degree k_i (``in_degree``, (n,); rows
+    of isolated nodes stay zero: they rotate freely); ``none``: 1.
+    """
+    n = in_degree.shape[0]
+    if normalization == "mean-field":
+        return np.full(n, 1.0 / n)
+    if normalization == "degree":
+        degree = np.asarray(in_degree, dtype=np.float64)
+        return np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)
+    if normalization == "none":
+        return np.ones(n)
+    raise ValueError(f"unknown normalization {normalization!r}; allowed: {', '.join(NORMALIZATIONS)}")
 
 
 def _sheet_graph(topology: str, rows: int, cols: int, periodic: bool) -> nx.Graph:
