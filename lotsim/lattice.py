@@ -323,7 +323,8 @@ def lattice_size(topology: str, *, n: int | None = None, shape: tuple[int, ...] 
     shape, n = grid_shape(topology, n, shape)
     if topology in GRID_TOPOLOGIES:
         if topology == "triangular":
-            nodes = (shape[0] + 1) * (shape[1] // 2 + 1)
+            rows, cols = shape
+            nodes = rows * ((cols + 1) // 2) if periodic else (rows + 1) * (cols // 2 + 1)
             per_node = 6
         elif topology == "hexagonal":
             rows, cols = shape
