@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand
 
-from lotsim.cli._common import RUNTIME_ERROR, fail, print_json, progress_bar, stderr, stdout, user_errors
+from lotsim.cli._common import RUNTIME_ERROR, fail, print_json, progress_bar, stderr, stdout, user_errors, warn
 
 _LAT, _DYN, _FREQ, _INIT, _OUT = "Lattice", "Dynamics", "Frequencies", "Initial state", "Output"
 
@@ -226,7 +226,7 @@ def simulate(
 
     summary = result.summary()
     for warning in summary.get("warnings", []):
-        stderr.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+        warn(warning)
     if json_:
         print_json(summary)
         return
