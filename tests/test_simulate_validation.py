@@ -198,3 +198,14 @@ def test_recipe_is_typed_and_frozen_with_derived_values():
         load_recipe(SimulationRecipe, updates={"dynamics.steps": 2**60})
     lattice = load_recipe(SimulationRecipe, updates={"lattice.topology": "square", "lattice.shape": [4, 5]}).lattice
     assert lattice.build(0).n == 20 and lattice.size() == (20, 80)
+
+
+def test_a_kind_on_the_command_line_replaces_the_recipes_file(tmp_path):
+    np.save(tmp_path / "theta.npy", np.zeros(8))
+    np.save(tmp_path / "omega.npy", np.zeros(8))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[lattice]\ntopology = "ring"\nn = 8\n[initial]\nkind = "file"\nfile = "theta.npy"\n'
+                      '[frequencies]\ndist = "file"\nfile = "omega.npy"\n[dynamics]\ncoupling = 1.0\nsteps = 4\n')
+    assert invoke("simulate", recipe, "--out", tmp_path / "a.h5").exit_code == 0
+    result = invoke("simulate", recipe, "--init", "random", "--freq-dist", "gaussian", "--out", tmp_path / "b.h5")
+    assert result.exit_code == 0, result.output

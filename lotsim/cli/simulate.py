@@ -183,6 +183,7 @@ def simulate(
     --list-keys prints them all with their defaults.
     """
     from lotsim.config import SimulationRecipe, load_recipe, recipe_to_toml
+    from lotsim.lattice import FILE_TOPOLOGIES
     from lotsim.memory import check_memory
 
     init_kind, init_file = None, None
@@ -192,8 +193,14 @@ def simulate(
     values.update(shape=_shape(shape), coupling=_coupling(coupling), frustration=_floats(frustration),
                   harmonics=_floats(harmonics), init=init_kind)
     updates = {key: values[name] for name, key in FLAG_KEYS.items() if values[name] is not None}
-    if init_file is not None:
+    # a kind chosen on the command line drops the recipe's file of another kind (a file given without
+    # its kind is refused by the recipe: it is never silently ignored)
+    if init is not None:
         updates["initial.file"] = init_file
+    if freq_dist not in (None, "file") and freq_file is None:
+        updates["frequencies.file"] = None
+    if topology is not None and topology not in FILE_TOPOLOGIES and lattice_file is None:
+        updates["lattice.file"] = None
     # a duration given on the command line replaces the recipe's other duration key
     if steps is not None:
         updates.setdefault("dynamics.t_max", None)
