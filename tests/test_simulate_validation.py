@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -124,6 +125,10 @@ def test_bad_out_paths_are_one_line(tmp_path, monkeypatch):
     assert_one_line(invoke("simulate", *TINY, "--out", tmp_path / "folder"), "is a folder")
     assert_one_line(invoke("simulate", *TINY, "--out", tmp_path / "folder", "--overwrite"), "is a folder")
     assert_one_line(invoke("simulate", *TINY, "--out", tmp_path / "afile" / "x.h5"), "is a file, not a folder")
+    if Path("/sys/kernel").is_dir():  # a folder nobody may write, root included
+        result = invoke("simulate", *TINY, "--out", "/sys/kernel/lotsim-test.h5")
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
     monkeypatch.setattr("os.access", lambda path, mode: False)  # a chmod would not stop root
     assert_one_line(invoke("simulate", *TINY, "--out", tmp_path / "locked" / "x.h5"), "not writable")
 
