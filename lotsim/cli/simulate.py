@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -70,7 +71,8 @@ def _list_keys(value: bool) -> None:
     for column in ("key", "default", "allowed"):
         table.add_column(column, overflow="fold")
     for key, default, allowed in recipe_keys(SimulationRecipe):
-        table.add_row(key, escape("" if default is None else repr(default)), escape(allowed))
+        shown = "" if default is None else json.dumps(default)  # these JSON values are TOML, as --set takes them
+        table.add_row(key, escape(shown), escape(allowed))
     stdout.print(table)
     raise typer.Exit()
 
