@@ -281,3 +281,17 @@ def test_compare_help_lists_every_variants_ablations():
 def test_compare_cli_rejects_tune_steps_without_tune():
     result = CliRunner().invoke(app, ["compare", "--tune-steps", "3"])
     assert result.exit_code == 2 and "--tune-steps needs --tune" in result.output
+
+
+def test_copy_depth_breakdown_per_arm_in_the_report(tmp_path):
+    base = load_training_recipe(None, TINY)
+    report = run_comparison(base, parse_arms("vanilla,lattice"), [0, 1], tmp_path, copy_depth=True, plot=False)
+    for arm in ("vanilla", "lattice"):
+        breakdown = report["copy_depth"][arm]
+        assert breakdown["seeds"] == 2 and breakdown["split"] == "test"
+        per_seed = [json.loads((tmp_path / "runs" / arm / "lr0.003" / f"seed{s}" / "copy_depth.test.json").read_text())
+                    for s in (0, 1)]
+        for i, row in enumerate(breakdown["depth"]):
+            known = [b["depth"][i]["loss_mean"] for b in per_seed if b["depth"][i]["loss_mean"] is not None]
+            assert row["loss_mean"] == (pytest.approx(np.mean(known)) if known else None)
+    assert "## Copy depth" in (tmp_path / "report.md").read_text()
