@@ -295,3 +295,16 @@ def test_copy_depth_breakdown_per_arm_in_the_report(tmp_path):
             known = [b["depth"][i]["loss_mean"] for b in per_seed if b["depth"][i]["loss_mean"] is not None]
             assert row["loss_mean"] == (pytest.approx(np.mean(known)) if known else None)
     assert "## Copy depth" in (tmp_path / "report.md").read_text()
+
+
+def test_a_best_rate_on_the_edge_of_the_sweep_is_flagged():
+    from lotsim.train.compare import build_report
+
+    base = load_training_recipe(None, TINY)
+    row = {"test": {"loss": 1.0}, "validation_best": 1.0, "tokens_per_s": 1.0, "run_dir": "nowhere", "seed": 0}
+    runs = {"vanilla": {1e-3: [row], 3e-3: [row]}}
+    params = {"vanilla": {"total": 1, "non_embedding": 1, "d_ff": 1, "relative_to_reference": 0.0}}
+    report = build_report(base, runs, {"vanilla": 3e-3}, params, "vanilla", [0], [1e-3, 3e-3, 1e-2])
+    assert any("vanilla's best rate 0.003" in c for c in report["caveats"]) is False
+    report = build_report(base, runs, {"vanilla": 1e-3}, params, "vanilla", [0], [1e-3, 3e-3, 1e-2])
+    assert any("vanilla's best rate 0.001 is the sweep's smallest" in c for c in report["caveats"])

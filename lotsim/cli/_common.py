@@ -55,6 +55,14 @@ def _jsonable(value):
         return str(value)
 
 
+def print_table(table) -> None:
+    """Print a rich table at its natural width, so no number is wrapped or cut, even on an 80-column pipe."""
+    from rich.measure import Measurement
+
+    natural = Measurement.get(stdout, stdout.options.update_width(1000), table).maximum
+    Console(width=max(stdout.width, natural)).print(table)
+
+
 def progress_bar(description: str) -> Progress:
     """A rich progress bar on stderr, disabled when stderr is not a terminal."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

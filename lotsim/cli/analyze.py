@@ -225,7 +225,7 @@ def copy_depth(run: Annotated[Path, typer.Argument(help="Run folder (its best ch
 
     table = Table(title=f"{summary['attention']}, {summary['split']} loss {summary['loss']:.4f} over "
                         f"{summary['scored_tokens']:,} positions (context {summary['seq_len']})")
-    for column in ("depth d", "positions", "share", "mean loss", *(f"δ {d}" for d in summary["distance_buckets"])):
+    for column in ("d", "positions", "share", "loss", *summary["distance_buckets"]):
         table.add_column(column, justify="right")
     cells = {(c["depth"], c["distance"]): c for c in summary["depth_distance"]}
     for row in summary["depth"]:
@@ -233,6 +233,6 @@ def copy_depth(run: Annotated[Path, typer.Argument(help="Run folder (its best ch
                        for d in summary["distance_buckets"]]
         table.add_row(row["bucket"], f"{row['count']:,}", _fmt(row["fraction"], ".1%"), _fmt(row["loss_mean"], ".4f"),
                       *by_distance)
-    table.caption = "d: longest earlier occurrence of the last d tokens whose next token is the target (0: none); " \
-                    "δ columns: mean loss by distance back to that occurrence"
+    table.caption = ("d: copy depth, the longest earlier occurrence of the last d tokens whose next token is the "
+                     "target (0: none); loss: mean loss; 1-3 ... 256+: mean loss by distance back to that occurrence")
     _done(json_, summary, table)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lotsim.cli._common import fail, print_json, stderr, stdout, user_errors
+from lotsim.cli._common import fail, print_json, print_table, stderr, user_errors
 
 # every registered variant's ablations (kept equal to the registry by a test; importing the registry
 # here would import torch into every CLI call)
@@ -134,27 +134,27 @@ def _print_tables(report: dict) -> None:
         stderr.print(f"[yellow]caveat:[/yellow] {caveat}", highlight=False, soft_wrap=True)
     arms = Table(title=f"arms: {len(report['seeds'])} seeds, {report['steps']} steps ({report['grade']})")
     for column in ("arm", "lr", "params", "non-emb", "vs ref", "tok/s"):
-        arms.add_column(column, justify="right", no_wrap=True)
+        arms.add_column(column, justify="right")
     for arm, e in report["arms"].items():
         p = e["parameters"]
         arms.add_row(arm, f"{e['lr']:g}", f"{p['total']:,}", f"{p['non_embedding']:,}",
                      f"{p['relative_to_reference']:+.2%}", f"{e['tokens_per_s']['mean']:,.0f}")
-    stdout.print(arms)
+    print_table(arms)
     tuning = report.get("tuning")
     if tuning:
         sweep = Table(title=f"lr sweep: validation after {tuning['steps']} steps, seed {tuning['seed']}")
-        sweep.add_column("arm", justify="right", no_wrap=True)
+        sweep.add_column("arm", justify="right")
         for lr in tuning["lrs"]:
-            sweep.add_column(f"{lr:g}", justify="right", no_wrap=True)
+            sweep.add_column(f"{lr:g}", justify="right")
         for arm, scores in tuning["validation"].items():
             sweep.add_row(arm, *(f"[bold]{_fmt(scores[str(lr)])}[/bold]" if lr == tuning["chosen"][arm]
                                  else _fmt(scores[str(lr)]) for lr in tuning["lrs"]))
-        stdout.print(sweep)
-    mark = "†" if report["caveats"] else ""
+        print_table(sweep)
+    mark = "†" if report["grade"] == "screen" else ""
     for metric in report["metrics"]:
         table = Table(title=f"test {metric} (Δ = arm − {report['baseline']}, paired over seeds)")
         for column in ("arm", "mean ± sd", "median", "Δ mean", "Δ median", "95% CI", f"p{mark}", f"p{mark} Holm"):
-            table.add_column(column, justify="right", no_wrap=True)
+            table.add_column(column, justify="right")
         for arm, e in report["arms"].items():
             s = e["metrics"].get(metric)
             if s is None:
@@ -164,8 +164,9 @@ def _print_tables(report: dict) -> None:
                           _fmt(s.get("vs_baseline", {}).get("mean_difference"), 3),
                           _fmt(paired.get("median_difference"), 3), _ci(paired.get("ci"), 3) if paired else "",
                           _fmt(paired.get("p"), 2), _fmt(paired.get("p_holm"), 2))
-        stdout.print(table)
+        print_table(table)
     conv = report["baseline_convergence"]
     if conv["slope_per_1k_steps_mean"] is not None:
         stderr.print(f"{conv['arm']} validation loss over steps {conv['window'][0]}–{conv['window'][1]}: "
                      f"{conv['slope_per_1k_steps_mean']:+.3g} per 1000 steps", highlight=False)
+

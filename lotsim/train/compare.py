@@ -1,27 +1,34 @@
 """Multi-seed comparison of attention arms at matched parameters, with statistics.
 
-Protocol (design/attention.md, "The baseline and a fair comparison"):
+Protocol (the fairness rules of the attention design):
 
 * every arm is the same recipe with a different ``model.attention`` (plus, for ablation arms, an
   option/freeze change); each arm's SwiGLU width is sized so its total parameter count matches the
   reference arm's (:func:`lotsim.model.match_parameters`, within 2%); total and non-embedding
   counts are reported;
 * every arm trains with the same seeds (model init), the same data order (batches are addressed by
-  index from ``task.seed``), the same steps, batch and schedule; with ``lrs`` every arm gets the
-  same learning-rate sweep and its lr is chosen on the mean VALIDATION ``best_metric`` over seeds;
-* each run is scored on the TEST split with its best-on-validation checkpoint;
-* per arm and metric: mean ± sd, median, n; versus the baseline: the mean difference with its 95%
-  CI and p from the paired t-test (seeds are shared: seed i of every arm starts from the same
-  data and RNG seed) and from Welch's t-test, as SciPy computes them.
+  index from ``task.seed``), the same steps, batch and schedule;
+* learning rates: with ``tune`` each arm first runs every rate of the sweep (default
+  :data:`TUNE_LRS`) on the first seed for a short budget, scored on VALIDATION only (the test split
+  is never evaluated), and the full runs use each arm's best rate; without it every arm runs every
+  rate of ``lrs`` at every seed and its rate is chosen on the mean validation ``best_metric``;
+* each full run is scored on the TEST split with its best-on-validation checkpoint;
+* per arm and metric: mean ± sd, median, n; versus the baseline: the mean and median paired
+  difference, its 95% CI (paired t: seed i of every arm shares data and RNG seed) and the
+  simultaneous Bonferroni interval over the arms, p from the paired t-test with its Holm
+  adjustment across arms, and Welch's p, as SciPy computes them; fewer than :data:`SCREEN_SEEDS`
+  seeds make the report a *screen* with caveats; the baseline's validation-loss slope over the last
+  20% of training says whether it has flattened.
 
-Arms are written ``ATTENTION`` or ``ATTENTION:ABLATION``; ablations (lattice attention):
-``no-oscillator`` (gain a_h = 0 and frozen: the phase term is exactly off, the parameters stay),
-``frozen-phases`` (the phase projection and every oscillator parameter held at init; the gain
-still learns), ``no-coupling`` (kappa = 0 and frozen: heads oscillate independently).
+Arms are written ``ATTENTION`` or ``ATTENTION:ABLATION``; each variant declares its ablations
+(``Attention.ablations``: options and frozen parameters), e.g. lattice's ``no-oscillator`` (gain
+a_h = 0 and frozen: the phase term is exactly off, the parameters stay), ``frozen-phases`` and
+``no-coupling``. ``sync_order`` is reported only for arms whose phases act.
 
-Runs land in ``<out>/runs/<arm>/lr<lr>/seed<s>``; a finished run (``metrics.json`` present) is
-reused and an interrupted one resumed, so rerunning an interrupted comparison continues it. The
-report is ``report.json``, ``report.md`` and ``comparison.png`` in ``<out>``.
+Full runs land in ``<out>/runs/<arm>/lr<lr>/seed<s>``, tuning runs in
+``<out>/tune/steps<n>/<arm>/lr<lr>/seed<s>``; a finished run (``metrics.json`` / ``tuning.json``
+present) is reused and an interrupted one resumed, so rerunning an interrupted comparison continues
+it. The report is ``report.json``, ``report.md`` and ``comparison.png`` in ``<out>``.
 """
 
 from __future__ import annotations
@@ -465,6 +472,12 @@ def build_report(base: TrainingRecipe, runs: dict, chosen: dict, params: dict, b
     }
     if tuning:
         report["tuning"] = tuning
+    if len(lrs) > 1:  # a best rate on the sweep's edge may not be the arm's best: say so
+        edges = [f"{arm}'s best rate {chosen[arm]:g} is the sweep's "
+                 f"{'smallest' if chosen[arm] == min(lrs) else 'largest'}"
+                 for arm in arms if chosen[arm] in (min(lrs), max(lrs))]
+        if edges:
+            report["caveats"].append("; ".join(edges) + ": extend the sweep beyond it (--lr-sweep)")
     for arm in arms:
         rows = selected[arm]
         entry = {
@@ -592,7 +605,7 @@ def report_markdown(report: dict[str, Any]) -> str:
                       f"{conv['slope_per_1k_steps_mean']:+.4g} per 1000 steps over steps {conv['window'][0]}–"
                       f"{conv['window'][1]} (fitted change over the window {conv['change_over_window_mean']:+.4g}; "
                       "mean over seeds)."]
-    mark = "†" if report["caveats"] else ""
+    mark = "†" if _caveats(n) else ""
     for metric in report["metrics"]:
         lines += ["", f"## {metric}", "",
                   f"| arm | n | mean ± sd | median | Δ mean | Δ median | 95% CI (paired) | simultaneous 95% CI "
@@ -611,7 +624,7 @@ def report_markdown(report: dict[str, Any]) -> str:
                         f"{_fmt(v['welch']['p'], 3)} |")
             lines.append(f"| {arm} | {s['n']} | {_fmt(s['mean'])} ± {_fmt(s['sd'], 2)} | {_fmt(s['median'])} {tail}")
         if mark:
-            lines += ["", f"† {report['caveats'][-1]}."]
+            lines += ["", f"† {_caveats(n)[-1]}."]
     if report.get("copy_depth"):
         from lotsim.analysis.copy_depth import breakdown_markdown
 
@@ -664,7 +677,8 @@ def plot_comparison(report: dict[str, Any], path: str | Path) -> Path:
             top.plot(x, grid[k], "-", color="0.75", lw=0.8, zorder=1)
             top.scatter(x, grid[k], s=18, c=[colors[i % len(colors)] for i in range(len(arms))], zorder=2)
         top.set_ylabel(f"test {metric}")
-        top.set_title(f"test {metric}: seeds (dots, paired by lines), mean (bar)", fontsize=8)
+        top.set_title(f"test {metric}", fontsize=9)
+        paired = False
         for i, arm in enumerate(arms):
             v = report["arms"][arm]["metrics"].get(metric, {}).get("vs_baseline")
             if v is None:
@@ -673,13 +687,20 @@ def plot_comparison(report: dict[str, Any], path: str | Path) -> Path:
             low, high = (ci if ci is not None else (v["mean_difference"], v["mean_difference"]))
             bottom.errorbar(i, v["mean_difference"], yerr=[[v["mean_difference"] - low], [high - v["mean_difference"]]],
                             fmt="o", color=colors[i % len(colors)], capsize=4)
-        bottom.axhline(0.0, color="k", lw=0.8, ls="--")
+            paired = True
+        if paired:
+            bottom.axhline(0.0, color="k", lw=0.8, ls="--")
+        else:
+            bottom.text(0.5, 0.5, f"{report['baseline']} has no {metric}", transform=bottom.transAxes,
+                        ha="center", va="center", fontsize=8, color="0.4")
+            bottom.set_yticks([])
         bottom.set_ylabel(f"Δ {metric} vs {report['baseline']}")
-        bottom.set_title("paired difference, 95% CI", fontsize=8)
         bottom.set_xticks(range(len(arms)), arms, rotation=20, ha="right", fontsize=8)
         bottom.set_xlim(-0.6, len(arms) - 0.4)
     grade = "screen, " if report["grade"] == "screen" else ""
-    fig.suptitle(f"{report['recipe']}: {grade}{len(seeds)} seeds, {report['steps']} steps", fontsize=9)
+    fig.suptitle(f"{report['recipe']}: {grade}{len(seeds)} seeds, {report['steps']} steps. Top: each seed (dots; "
+                 "the same seed joined across arms), arm mean (bar). Bottom: paired difference to "
+                 f"{report['baseline']}, 95% CI", fontsize=9)
     path = Path(path)
     from lotsim.analysis.plots import provenance
 
