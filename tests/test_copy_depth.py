@@ -132,5 +132,7 @@ def test_analyze_copy_depth_cli(trained_run, tmp_path):
     assert table.exit_code == 0 and "32+" in table.stdout
     bad = runner.invoke(app, ["analyze", "copy-depth", str(trained_run), "--split", "train"])
     assert bad.exit_code == 2 and "--split 'train'" in bad.output
+    none = runner.invoke(app, ["analyze", "copy-depth", str(trained_run), "--batches", "0"])
+    assert none.exit_code == 2 and "max_batches=0" in none.output
     missing = runner.invoke(app, ["analyze", "copy-depth", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "does not exist" in missing.output

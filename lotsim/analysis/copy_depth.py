@@ -11,7 +11,7 @@ copy events; the FSN paper ("Attention as Frustrated Synchronization") locates i
 Depths are bucketed 0, 1, 2–3, 4–7, 8–15, 16–31, 32+ and distances 1–3, 4–15, 16–63, 64–255, 256+.
 Everything is vectorised over (batch, offset, position): per offset δ the run length of
 ``idx[t] == idx[t-δ]`` ending at t is ``t − (last mismatch at or before t)``, a cumulative maximum.
-Memory is O(b·t²) per chunk of rows (rows are processed in chunks of at most 2^24 entries).
+Memory is O(t²) per row; rows are processed in chunks of at most 2^22 (row, offset, position) entries.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 DEPTH_EDGES = (0, 1, 2, 4, 8, 16, 32)  # bucket i holds depths in [edge_i, edge_{i+1})
 DISTANCE_EDGES = (1, 4, 16, 64, 256)
-_CHUNK_ENTRIES = 1 << 24
+_CHUNK_ENTRIES = 1 << 22
 
 
 def _labels(edges: tuple[int, ...]) -> list[str]:
@@ -132,7 +132,7 @@ def load_model(checkpoint: str | Path):
 
 @torch.no_grad()
 def analyze_copy_depth(checkpoint: str | Path, split: str = "validation", *, max_batches: int | None = None,
-                       batch_size: int | None = None, device: str = "cpu") -> dict[str, Any]:
+                       batch_size: int | None = None, device: str | None = None) -> dict[str, Any]:
     """The copy-depth breakdown of a trained model's loss on a held-out split.
 
     Args:
@@ -140,7 +140,7 @@ def analyze_copy_depth(checkpoint: str | Path, split: str = "validation", *, max
         split: ``validation`` (default) or ``test``.
         max_batches: batches to evaluate (default: the recipe's ``test_batches`` / the whole split).
         batch_size: sequences per batch (default: the recipe's held-out batch size).
-        device: torch device.
+        device: torch device (default: the recipe's ``train.device``, ``auto`` = cuda if present).
 
     Returns:
         :meth:`CopyDepthTable.to_dict` plus ``checkpoint``, ``step``, ``attention``, ``split``,
@@ -148,9 +148,13 @@ def analyze_copy_depth(checkpoint: str | Path, split: str = "validation", *, max
     """
     from lotsim.tasks import IGNORE_INDEX, build_task, check_split
     from lotsim.train.evaluate import held_out_batches
+    from lotsim.train.loop import pick_device
 
     check_split(split)
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches={max_batches} must be >= 1")
     model, recipe, path, step = load_model(checkpoint)
+    device = pick_device(device or recipe.train.device)
     model.to(device)
     task = build_task(recipe.task)
     size = batch_size or recipe.train.held_out_batch_size
