@@ -308,3 +308,17 @@ def test_a_best_rate_on_the_edge_of_the_sweep_is_flagged():
     assert any("vanilla's best rate 0.003" in c for c in report["caveats"]) is False
     report = build_report(base, runs, {"vanilla": 1e-3}, params, "vanilla", [0], [1e-3, 3e-3, 1e-2])
     assert any("vanilla's best rate 0.001 is the sweep's smallest" in c for c in report["caveats"])
+
+
+@pytest.mark.slow
+def test_tuning_in_parallel_jobs_gives_the_serial_report(tmp_path):
+    """~90 s on a loaded 2-core machine (spawned workers import torch)."""
+    base = load_training_recipe(None, TINY)
+    arms = parse_arms("lattice")
+    kwargs = {"lrs": [1e-3, 1e-2], "tune": True, "tune_steps": 2, "plot": False}
+    serial = run_comparison(base, arms, [0], tmp_path / "serial", **kwargs)
+    parallel = run_comparison(base, arms, [0], tmp_path / "parallel", jobs=2, **kwargs)
+    assert parallel["tuning"]["validation"] == serial["tuning"]["validation"]
+    for arm in ("lattice",):
+        assert parallel["arms"][arm]["lr"] == serial["arms"][arm]["lr"]
+        assert parallel["arms"][arm]["metrics"]["loss"]["values"] == serial["arms"][arm]["metrics"]["loss"]["values"]
