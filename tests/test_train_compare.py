@@ -285,7 +285,8 @@ def test_compare_cli_rejects_tune_steps_without_tune():
 
 def test_copy_depth_breakdown_per_arm_in_the_report(tmp_path):
     base = load_training_recipe(None, TINY)
-    report = run_comparison(base, parse_arms("vanilla,lattice"), [0, 1], tmp_path, copy_depth=True, plot=False)
+    report = run_comparison(base, parse_arms("vanilla,lattice"), [0, 1], tmp_path, copy_depth=True)
+    assert (tmp_path / "copy_depth.png").is_file()
     for arm in ("vanilla", "lattice"):
         breakdown = report["copy_depth"][arm]
         assert breakdown["seeds"] == 2 and breakdown["split"] == "test"

@@ -213,7 +213,8 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
             default thread count (``train.threads = 0``) gets ``max(1, cores // jobs)`` threads so the
             processes do not oversubscribe the cores. Results do not depend on ``jobs`` when the thread
             count does not change; tokens/s measured side by side are not comparable across runs.
-        copy_depth: add each arm's copy-depth breakdown of the test loss (mean over seeds) to the report.
+        copy_depth: add each arm's copy-depth breakdown of the test loss (mean over seeds) to the report
+            (and ``copy_depth.png`` with ``plot``).
 
     Returns:
         The report (also written to ``report.json`` / ``report.md``).
@@ -269,6 +270,10 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
     (out_dir / "report.md").write_text(report_markdown(report))
     if plot:
         report["plot"] = str(plot_comparison(report, out_dir / "comparison.png"))
+        if copy_depth:
+            from lotsim.analysis.copy_depth import plot_copy_depth
+
+            report["copy_depth_plot"] = str(plot_copy_depth(report["copy_depth"], out_dir / "copy_depth.png"))
     return report
 
 
