@@ -323,3 +323,13 @@ def test_tuning_in_parallel_jobs_gives_the_serial_report(tmp_path):
     for arm in ("lattice",):
         assert parallel["arms"][arm]["lr"] == serial["arms"][arm]["lr"]
         assert parallel["arms"][arm]["metrics"]["loss"]["values"] == serial["arms"][arm]["metrics"]["loss"]["values"]
+
+
+def test_a_diverged_rate_is_never_chosen():
+    from lotsim.train.compare import choose_lr
+
+    runs = {1e-2: [{"validation_best": float("nan")}], 1e-3: [{"validation_best": 2.0}],
+            3e-3: [{"validation_best": 1.5}, {"validation_best": None}]}
+    assert choose_lr(runs, lower_is_better=True) == 1e-3
+    assert choose_lr({1e-2: [{"validation_best": float("nan")}], 1e-3: [{"validation_best": 0.2}]}, False) == 1e-3
+    assert choose_lr({1e-3: [{"validation_best": 0.2}], 1e-2: [{"validation_best": 0.5}]}, False) == 1e-2

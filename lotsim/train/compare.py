@@ -177,11 +177,15 @@ def tuning_recipe(recipe: TrainingRecipe, steps: int) -> TrainingRecipe:
 
 
 def choose_lr(runs_by_lr: dict[float, list[dict]], lower_is_better: bool) -> float:
-    """The rate whose runs have the best mean VALIDATION ``best_metric`` (ties: the first listed)."""
+    """The rate whose runs have the best mean VALIDATION ``best_metric`` (ties: the first listed; a
+    rate with a diverged run, NaN or missing score, ranks last)."""
     def score(lr: float) -> float:
-        return statistics.fmean(r["validation_best"] for r in runs_by_lr[lr])
+        values = [r["validation_best"] for r in runs_by_lr[lr]]
+        if any(v is None or not math.isfinite(v) for v in values):
+            return math.inf
+        return statistics.fmean(values) if lower_is_better else -statistics.fmean(values)
 
-    return min(runs_by_lr, key=score) if lower_is_better else max(runs_by_lr, key=score)
+    return min(runs_by_lr, key=score)
 
 
 def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_dir: str | Path, *,
