@@ -18,6 +18,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lotsim.lattice import Topology, WeightKind
+from lotsim.naming import RunName
 
 
 class RecipeError(ValueError):
@@ -143,7 +144,7 @@ class SimulationRecipe(Section):
             parse_shard(value)
         return value
 
-    name: str = "simulate"
+    name: RunName = "simulate"
     seed: int = 0
     replicas: Annotated[int, Field(ge=1)] = 1
     shard: str | None = None

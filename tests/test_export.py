@@ -34,9 +34,9 @@ from lotsim.export import (
     require_packages,
     sidecar_path,
     verify_export,
-    vocabulary_from_recipe,
 )
 from lotsim.model import LOTModel, ModelConfig, available_attentions
+from lotsim.tasks import vocabulary_from_recipe
 from lotsim.train.checkpoint import save_checkpoint
 
 onnx = pytest.importorskip("onnx")

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field, field_validator
 
 from lotsim.config import Section
-from lotsim.tasks.base import BaseTask, check_split, masked_metrics, split_rng
+from lotsim.tasks.base import BaseTask, Vocabulary, check_split, masked_metrics, split_rng
 
 ENWIK8_BYTES = 100_000_000
 ENWIK8_SPLIT = (90_000_000, 5_000_000, 5_000_000)
@@ -38,7 +38,8 @@ class TextOptions(Section):
     """``[task]`` keys of ``kind = "char_lm"``.
 
     Attributes:
-        path: the text file (relative paths are relative to the working directory).
+        path: the text file (relative paths are relative to the working directory; the resolved
+            recipe stores the absolute path, so a run folder works from any directory).
         level: ``char`` (distinct characters of the file) or ``byte`` (256 values).
         seq_len: tokens per training window.
         split: ``auto`` (enwik8 -> 90M/5M/5M, else contiguous 90/5/5), ``enwik8`` or ``contiguous``.
@@ -57,13 +58,15 @@ class TextOptions(Section):
     def _exists(cls, value: str) -> str:
         if not Path(value).is_file():
             raise ValueError(f"text file {value!r} does not exist (set task.path to your corpus)")
-        return value
+        return str(Path(value).resolve())
 
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str, level: str, size: int, mtime: float) -> tuple[np.ndarray, tuple[str, ...] | None]:
     """Token ids of a file and the character vocabulary (None for bytes); cached per file version."""
     raw = Path(path).read_bytes()
+    if not raw:
+        raise ValueError(f"text file {path!r} is empty; set task.path to a corpus with text in it")
     if level == "byte":
         return np.frombuffer(raw, dtype=np.uint8), None
     try:
@@ -88,6 +91,13 @@ def load_text(path: str | Path, level: str = "char") -> tuple[np.ndarray, tuple[
         raise ValueError(f"text file {path!r} does not exist")
     stat = os.stat(path)
     return _load(path, level, stat.st_size, stat.st_mtime)
+
+
+def vocabulary_of(chars: tuple[str, ...] | None, level: str) -> Vocabulary:
+    """The vocabulary of a text task: its characters, or bytes."""
+    if level == "byte":
+        return {"kind": "byte", "itos": None, "join": ""}
+    return {"kind": "char", "itos": list(chars), "join": ""}
 
 
 def is_enwik8(path: str | Path) -> bool:
@@ -140,6 +150,10 @@ class TextTask(BaseTask):
         if options.level == "byte":
             return 256, options.seq_len
         return len(load_text(options.path, "char")[1]), options.seq_len
+
+    def vocabulary(self) -> Vocabulary:
+        """The file's sorted characters (``char``) or ``{"kind": "byte"}`` (ids are UTF-8 bytes)."""
+        return vocabulary_of(self.chars, self.level)
 
     def decode(self, ids) -> str:
         """Token ids back to text."""
