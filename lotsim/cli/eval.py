@@ -43,12 +43,14 @@ def eval_(
         raise fail(f"--batches {batches} must be >= 1")
     if batch_size is not None and batch_size < 1:
         raise fail(f"--batch-size {batch_size} must be >= 1")
-    if out is not None and out.exists() and not overwrite:
-        raise fail(f"{str(out)!r} already exists; replace it with --overwrite or choose another --out")
     from lotsim.train.checkpoint import resolve_checkpoint
     from lotsim.train.evaluate import evaluate_checkpoint
+    from lotsim.train.recipe import check_device
 
     with user_errors():
+        check_device(device, "cpu, cuda or cuda:<i>")
+        if out is not None and out.exists() and not overwrite:
+            raise fail(f"{str(out)!r} already exists; replace it with --overwrite or choose another --out")
         if out is None:
             out = default_out(resolve_checkpoint(checkpoint), split, bool(intervene))
             if out.exists() and not overwrite:
