@@ -188,6 +188,18 @@ def test_example_script_generates_and_scores_without_torch(exported, tmp_path):
     assert again["ids"] == got["ids"]
 
 
+def test_example_refuses_inputs_longer_than_the_exported_maximum(exported):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("onnx_generate", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    session, meta = example.load(str(exported["path"]))
+    assert meta["seq_len"] == 8 and example.logits_of(session, meta, [1] * 8).shape == (8, 11)
+    with pytest.raises(example.TooLong, match="9 tokens exceed the model's maximum length of 8"):
+        example.logits_of(session, meta, [1] * 9)
+
+
 # -------------------------------------------------------------------------------------------------
 # Bad input: one line on stderr, exit 2, before any export work
 
