@@ -198,6 +198,8 @@ def test_example_refuses_inputs_longer_than_the_exported_maximum(exported):
     assert meta["seq_len"] == 8 and example.logits_of(session, meta, [1] * 8).shape == (8, 11)
     with pytest.raises(example.TooLong, match="9 tokens exceed the model's maximum length of 8"):
         example.logits_of(session, meta, [1] * 9)
+    with pytest.raises(SystemExit, match="no vocabulary"):  # a text prompt for a model without one
+        example.Codec(None).encode("ROMEO:")
 
 
 # -------------------------------------------------------------------------------------------------
