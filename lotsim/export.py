@@ -413,7 +413,8 @@ def sidecar_path(output: str | Path) -> Path:
 def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, format: str = "onnx", *,
                       opset: int | None = None, seq_len: int | None = None, verify: bool = True,
                       tolerance: float = 1e-4, shapes: Sequence[tuple[int, int]] | None = None,
-                      progress: Callable[[str], None] | None = None, overwrite: bool = False) -> dict[str, Any]:
+                      progress: Callable[[str], None] | None = None, overwrite: bool = False,
+                      allow_code: bool = False) -> dict[str, Any]:
     """``lotsim export``: checkpoint -> exported file (+ sidecar JSON), verified against PyTorch.
 
     Args:
@@ -427,6 +428,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
         shapes: verification shapes; None -> :func:`default_shapes`.
         progress: called with a short description as each stage starts (for a spinner).
         overwrite: replace an existing output file and its sidecar (otherwise refused).
+        allow_code: read a checkpoint that needs full unpickling (only for a file you trust).
 
     Returns:
         A JSON-able report: ``output``, ``format``, ``sidecar``, ``external_data`` (path or None),
@@ -443,7 +445,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
     check_dependencies(format, verify)
     say = progress or (lambda _message: None)
     say(f"reading {checkpoint}")
-    contents = read_checkpoint(checkpoint)
+    contents = read_checkpoint(checkpoint, allow_code=allow_code)
     model = model_from_checkpoint(contents)
     max_len = _max_length(model, seq_len)
     output = Path(output) if output is not None else contents.path.with_suffix(SUFFIXES[format])
