@@ -299,13 +299,16 @@ def test_char_lm_run_folder_works_from_any_directory(tmp_path, monkeypatch):
 # -- schedule, logging, help -----------------------------------------------------------------------
 
 
-def test_warmup_longer_than_the_budget_is_scaled_and_said(tmp_path):
+def test_warmup_longer_than_the_budget_is_kept_and_said(tmp_path):
     cfg = load_training_recipe(None, ["train.steps=100", "train.warmup_steps=100"]).train
-    assert cfg.warmup == 10 and "scaled" in cfg.warmup_note
+    assert "never ends" in cfg.warmup_note and "train.warmup_steps=10" in cfg.warmup_note
     assert load_training_recipe(None, ["train.steps=100", "train.warmup_steps=50"]).train.warmup_note is None
-    result = invoke("train", *TINY_FLAGS, "--set", "train.warmup_steps=100", "--out", tmp_path / "r")
+    result = invoke("train", *TINY_FLAGS, "--set", "train.warmup_steps=100", "--out", tmp_path / "r", "--json")
     assert result.exit_code == 0, result.output
-    assert "warmup_steps=100" in result.stderr and "scaled" in result.stderr
+    assert "warmup_steps=100" in result.stderr and "kept as given" in result.stderr
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "r" / "metrics.jsonl").read_text().splitlines())
+           if r["split"] == "train"]
+    assert lrs == sorted(lrs) and lrs[-1] < 3e-3 * 5 / 100  # still warming up: the schedule is as given
 
 
 def test_missing_tensorboard_is_said_once(tmp_path, monkeypatch):

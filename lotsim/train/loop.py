@@ -372,7 +372,7 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, device)
 
     def schedule(s: int) -> float:
-        return lr_factor(s, cfg.steps, cfg.warmup, cfg.min_lr_ratio, cfg.schedule)
+        return lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio, cfg.schedule)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     reg_weights = {k: v for k, v in cfg.regularization.items() if v > 0}

@@ -53,8 +53,8 @@ class TrainSection(Section):
         lr: peak learning rate (AdamW).
         min_lr_ratio: the cosine schedule decays to lr x min_lr_ratio.
         warmup_steps: linear warm-up from 0. A warm-up longer than half of ``steps`` (e.g. after
-            ``--steps 100`` cut the budget) is scaled down to a tenth of ``steps``, with a warning
-            (see :attr:`warmup`).
+            ``--steps 100`` cut the budget) is kept as given, with a warning (:attr:`warmup_note`):
+            changing it silently would change the results of every run that relied on it.
         schedule: ``cosine`` (after warm-up) or ``constant``.
         weight_decay: decoupled weight decay, applied to weight matrices only (never to norms,
             embeddings or the per-head oscillator scalars).
@@ -114,18 +114,14 @@ class TrainSection(Section):
         return check_device(value)
 
     @property
-    def warmup(self) -> int:
-        """The warm-up the schedule uses: ``warmup_steps``, or ``steps // 10`` when ``warmup_steps``
-        exceeds half the budget (the schedule would otherwise barely leave warm-up)."""
-        return self.warmup_steps if self.warmup_steps <= self.steps // 2 else self.steps // 10
-
-    @property
     def warmup_note(self) -> str | None:
-        """One line saying the warm-up was scaled to the budget, or None."""
-        if self.warmup == self.warmup_steps:
+        """One line warning that the warm-up takes more than half the budget, or None."""
+        if self.warmup_steps <= self.steps // 2:
             return None
-        return (f"train.warmup_steps={self.warmup_steps} exceeds half of train.steps={self.steps}; warm-up scaled "
-                f"to {self.warmup} steps (a tenth of the budget). Set train.warmup_steps to choose another")
+        never = " and never ends" if self.warmup_steps >= self.steps else ""
+        return (f"train.warmup_steps={self.warmup_steps} is more than half of train.steps={self.steps}: the "
+                f"learning rate stays in warm-up for most of the run{never}; kept as given, set e.g. "
+                f"--set train.warmup_steps={max(1, self.steps // 10)} to shorten it")
 
     @property
     def held_out_batch_size(self) -> int:
