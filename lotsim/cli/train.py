@@ -55,7 +55,7 @@ def train(
             run_dir = resume
         else:
             resolved = load_training_recipe(recipe, set_ or [], updates)
-            from lotsim.train.loop import check_run_folder, default_run_dir
+            from lotsim.train.run_folder import check_run_folder, default_run_dir
 
             run_dir = out if out is not None else default_run_dir(resolved)
             check_run_folder(run_dir, overwrite)

@@ -38,13 +38,11 @@ The library never prints: progress goes to ``callback(event: dict)``.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fnmatch
 import json
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,7 +59,6 @@ from lotsim.tasks import Task, build_task
 from lotsim.train.checkpoint import (
     BEST,
     LAST,
-    load_checkpoint,
     model_from_checkpoint,
     read_checkpoint,
     rng_state,
@@ -70,11 +67,19 @@ from lotsim.train.checkpoint import (
 )
 from lotsim.train.evaluate import evaluate
 from lotsim.train.recipe import TrainingRecipe, recipe_from_toml, recipe_to_toml
+from lotsim.train.run_folder import (
+    METRICS_LOG,
+    RECIPE_FILE,
+    REPORT,
+    TENSORBOARD_MISSING,
+    MetricsLog,
+    check_run_folder,
+    clear_run_folder,
+    default_run_dir,
+    open_tensorboard,
+    resume_checkpoint,
+)
 from lotsim.train.telemetry import PhaseTelemetry
-
-RECIPE_FILE, METRICS_LOG, REPORT = "recipe.resolved.toml", "metrics.jsonl", "metrics.json"
-# what a run writes into its folder: refused when present unless overwrite (then removed first)
-RUN_FILES = (RECIPE_FILE, METRICS_LOG, REPORT, "checkpoints", "tb", "telemetry.h5")
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -242,77 +247,10 @@ def lr_factor(step: int, steps: int, warmup: int, min_ratio: float, schedule: st
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def default_run_dir(recipe: TrainingRecipe) -> Path:
-    """``<output.dir>/<name>/<output.run or a timestamp>``."""
-    run = recipe.output.run or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(recipe.output.dir) / recipe.name / run
-
-
 def _git_commit() -> str:
     from lotsim.simulation import git_commit
 
     return git_commit()
-
-
-class _JsonLines:
-    """metrics.jsonl: one JSON object per logged step; a resumed run first drops lines after its step."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        if resume_step is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
-        self._handle = open(path, "a")
-
-    def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, allow_nan=True) + "\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        self._handle.close()
-
-
-TENSORBOARD_MISSING = ("TensorBoard logging skipped: the tensorboard package is not installed "
-                       "(pip install 'lotsim[tensorboard]', or set output.tensorboard = false)")
-
-
-def _tensorboard(log_dir: Path, purge_step: int | None):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional: the caller says so once
-        return None
-    return SummaryWriter(str(log_dir), purge_step=purge_step)
-
-
-def check_run_folder(run_dir: str | Path, overwrite: bool = False) -> None:
-    """Refuse a fresh run in a folder that holds files a run writes, unless ``overwrite``.
-
-    Raises:
-        ValueError: one line naming the files and the way forward (``--resume`` when there is a
-            checkpoint to continue, ``--overwrite`` otherwise).
-    """
-    run_dir = Path(run_dir)
-    present = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if not present or overwrite:
-        return
-    if (run_dir / "checkpoints" / LAST).is_file():
-        raise ValueError(f"run folder {str(run_dir)!r} already holds a run; continue it with --resume {run_dir}, "
-                         f"or replace it with --overwrite, or choose another --out")
-    raise ValueError(f"run folder {str(run_dir)!r} already holds {', '.join(present)} (a run stopped before its "
-                     f"first checkpoint, or other files); replace them with --overwrite or choose another --out")
-
-
-def _clear_run_folder(run_dir: Path) -> None:
-    """Remove what an earlier run wrote (``overwrite``), so nothing of it mixes with the new run."""
-    for name in RUN_FILES:
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -351,7 +289,7 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
     if resume:
         if run_dir is None:
             raise ValueError("resume needs the run folder to continue")
-        state = _resume_state(Path(run_dir), allow_code)
+        state = resume_checkpoint(Path(run_dir), allow_code)
         if recipe is None:
             recipe = recipe_from_toml(state["recipe"], overrides, allow_code=allow_code, resume=True)
         if int(state["step"]) >= recipe.train.steps and (Path(run_dir) / REPORT).is_file():
@@ -418,14 +356,14 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
     if ddp.main:
         if not resume:
             check_run_folder(run_dir, overwrite)
-            _clear_run_folder(run_dir)
+            clear_run_folder(run_dir)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run_dir / RECIPE_FILE).write_text(recipe_toml)  # a resume with --set records its new recipe
-        log = _JsonLines(run_dir / METRICS_LOG, step if resume else None)
+        log = MetricsLog(run_dir / METRICS_LOG, step if resume else None)
         if cfg.warmup_note:
             emit({"event": "warning", "message": cfg.warmup_note})
         if recipe.output.tensorboard:
-            tb = _tensorboard(run_dir / "tb", step + 1 if resume else None)
+            tb = open_tensorboard(run_dir / "tb", step + 1 if resume else None)
             if tb is None:
                 emit({"event": "warning", "message": TENSORBOARD_MISSING})
         if cfg.telemetry_every:
@@ -558,18 +496,6 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
     return result
 
 
-def _resume_state(run_dir: Path, allow_code: bool) -> dict[str, Any]:
-    """The checkpoint a resume continues from, or one line naming the way forward."""
-    last = run_dir / "checkpoints" / LAST
-    if last.is_file():
-        return load_checkpoint(last, allow_code=allow_code)
-    if (run_dir / RECIPE_FILE).is_file():
-        raise FileNotFoundError(f"cannot resume {str(run_dir)!r}: it stopped before its first checkpoint "
-                                f"(no checkpoints/{LAST}); start it again with: lotsim train "
-                                f"{run_dir / RECIPE_FILE} --out {run_dir} --overwrite")
-    raise FileNotFoundError(f"cannot resume {str(run_dir)!r}: no checkpoints/{LAST} in it")
-
-
 def _finished(recipe: TrainingRecipe, run_dir: Path, state: dict, callback: Callback | None) -> TrainResult:
     """A resumed run that had already finished: nothing runs, nothing is written."""
     report = json.loads((run_dir / REPORT).read_text())
@@ -648,7 +574,7 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return out
 
 
-def _log(log: _JsonLines | None, tb, step: int, split: str, record: dict) -> None:
+def _log(log: MetricsLog | None, tb, step: int, split: str, record: dict) -> None:
     if not record:
         return
     if log is not None:
