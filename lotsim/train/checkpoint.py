@@ -20,8 +20,8 @@ files that need full unpickling are refused with one line; ``allow_code=True`` (
 ``--allow-code``) reads a file the user trusts that way and migrates it to plain values in memory.
 
 One path from a checkpoint to a model: :func:`read_checkpoint` (weights, model config, recipe,
-vocabulary) and :func:`model_from_checkpoint`; ``lotsim eval``, ``lotsim export``, the final test
-of a run and ``lotsim compare`` all use them.
+vocabulary) and :func:`model_from_checkpoint`; ``lotsim eval``, ``lotsim export`` and the final
+test of every run (``lotsim train``, and the runs ``lotsim compare`` trains or resumes) use them.
 
 Writes go to ``<name>.tmp`` then ``os.replace`` (atomic on POSIX): a crash mid-write leaves the
 previous checkpoint intact. ``last.pt`` is written every ``train.checkpoint_every`` steps, at the
