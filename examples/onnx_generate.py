@@ -9,9 +9,13 @@ Standalone: needs only ``onnxruntime`` and ``numpy`` (no lotsim, no torch), so i
     python onnx_generate.py model.onnx --score "To be, or not to be"                         # bits/token
 
 The graph takes ``idx`` int64 [batch, seq] and returns ``logits`` float32 [batch, seq, vocab]; ``seq``
-is dynamic up to the exported maximum. Everything else comes from the model's metadata
-(``lotsim.*`` metadata_props: vocab_size, seq_len, vocabulary, model config), or, for files whose
-metadata was stripped, from the sidecar ``model.onnx.json`` that ``lotsim export`` writes next to it.
+is dynamic up to the exported maximum, ``lotsim.seq_len``. Longer inputs are not supported (depending
+on the attention, onnxruntime fails with an opaque error or the model silently runs past the length
+it was trained for), so :func:`logits_of` refuses them with a clear message; generation keeps the
+last ``seq_len`` tokens as context and scoring works in windows of ``seq_len``. Everything else
+comes from the model's metadata (``lotsim.*`` metadata_props: vocab_size, seq_len, vocabulary,
+model config), or, for files whose metadata was stripped, from the sidecar ``model.onnx.json``
+that ``lotsim export`` writes next to it.
 
 Vocabularies (``lotsim.vocabulary``): ``char`` (a list of characters; text is split into characters),
 ``byte`` (UTF-8 bytes are the ids), ``tokens`` (named tokens, e.g. copy-reverse's digits and ``|``,
@@ -62,6 +66,9 @@ class Codec:
         if self.kind == "byte":
             return list(text.encode("utf-8"))
         if self.kind == "ids":
+            if not all(tok.isdigit() for tok in text.split()):
+                sys.exit(f"{text!r}: the model's metadata holds no vocabulary, so text is given as "
+                         f"whitespace-separated token ids, e.g. \"3 1 4\"")
             return [int(tok) for tok in text.split()]
         pieces = list(text) if self.kind == "char" or self.join == "" else text.split()
         unknown = sorted({p for p in pieces if p not in self.stoi})
@@ -77,8 +84,19 @@ class Codec:
         return self.join.join(self.itos[i] for i in ids)
 
 
+class TooLong(ValueError):
+    """An input longer than the exported maximum length (``lotsim.seq_len``)."""
+
+
 def logits_of(session: ort.InferenceSession, meta: dict, ids: list[int]) -> np.ndarray:
-    """Logits (t, vocab) of one sequence of at most seq_len ids."""
+    """Logits (t, vocab) of one sequence of at most seq_len ids.
+
+    Raises:
+        TooLong: more ids than the model's maximum length.
+    """
+    if len(ids) > meta["seq_len"]:
+        raise TooLong(f"{len(ids)} tokens exceed the model's maximum length of {meta['seq_len']} "
+                      f"(lotsim.seq_len in its metadata); crop the input to the last {meta['seq_len']} tokens")
     idx = np.asarray([ids], dtype=np.int64)  # (1, t)
     return session.run([meta.get("output", "logits")], {meta.get("input", "idx"): idx})[0][0]
 

@@ -19,6 +19,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lotsim.lattice import FILE_TOPOLOGIES, Lattice, Topology, WeightKind, build_lattice, lattice_size
+from lotsim.naming import RunName
 
 
 class RecipeError(ValueError):
@@ -214,7 +215,7 @@ class SimulationRecipe(SimulationSection):
             parse_shard(value)
         return value
 
-    name: str = "simulate"
+    name: RunName = "simulate"
     seed: Seed = 0
     replicas: Annotated[int, Field(ge=1)] = 1
     shard: str | None = None

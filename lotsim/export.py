@@ -10,7 +10,7 @@ integrator steps.
 
 Entry points, in the order ``lotsim export`` uses them::
 
-    read_checkpoint(path) -> CheckpointContents       # config, weights, recipe, vocabulary
+    read_checkpoint(path) -> CheckpointContents       # config, weights, recipe, vocabulary (lotsim.train.checkpoint)
     load_model_for_export(path) -> (model, config)    # the eval-mode LOTModel and its ModelConfig
     export_onnx(model, path, opset=..., seq_len=...)  # one self-contained .onnx (weights inside)
     export_pt2(model, path, seq_len=...)              # torch.export.save
@@ -19,7 +19,11 @@ Entry points, in the order ``lotsim export`` uses them::
 
 Metadata travels with the file so a consumer needs neither lotsim nor torch: ONNX
 ``metadata_props`` (keys ``lotsim.*``, see :func:`export_metadata`), the same keys as
-``lotsim.json`` inside a ``.pt2`` archive, and a sidecar ``<output>.json`` next to either.
+``lotsim.json`` inside a ``.pt2`` archive, and a sidecar ``<output>.json`` next to either. The
+vocabulary is the one stored in the checkpoint: export never reads a file the checkpoint names.
+``lotsim.seq_len`` is the exported graph's maximum sequence length: longer inputs are not
+supported (some variants then fail inside onnxruntime, others run past the trained length
+silently), so a consumer must check it, as ``examples/onnx_generate.py`` does.
 
 Library code: no typer, no rich. User errors are :class:`ValueError` (one line); a failure of the
 exporter itself is :class:`ExportFailed`.
@@ -34,10 +38,8 @@ import json
 import logging
 import math
 import time
-import tomllib
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ import torch
 from torch import nn
 
 from lotsim.model import LOTModel, ModelConfig
+from lotsim.train.checkpoint import CheckpointContents, model_from_checkpoint, read_checkpoint
 
 FORMATS = ("onnx", "pt2")
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2"}
@@ -118,125 +121,13 @@ def check_dependencies(format: str, verify: bool = True) -> None:
 # Checkpoints
 
 
-@dataclass
-class CheckpointContents:
-    """What export needs from a checkpoint.
-
-    Attributes:
-        path: the file read.
-        config: the model config.
-        state_dict: the model weights.
-        recipe: the resolved recipe as TOML text, or None (a model built in Python).
-        vocabulary: ``{"kind": "char"|"byte"|"tokens", "itos": [...] or None, "join": str}`` or None
-            (see :func:`vocabulary_from_recipe`).
-        step: optimiser steps done when the checkpoint was written, or None.
-    """
-
-    path: Path
-    config: ModelConfig
-    state_dict: Mapping[str, Any]
-    recipe: str | None = None
-    vocabulary: dict[str, Any] | None = None
-    step: int | None = None
-
-
-def read_checkpoint(checkpoint: str | Path) -> CheckpointContents:
-    """Read a ``lotsim train`` checkpoint (a file, or a run folder: ``best.pt``, else ``last.pt``).
-
-    The file is read with :func:`lotsim.train.checkpoint.load_checkpoint`; the model config is the
-    ``[model]`` table of the resolved recipe stored in it (only that table is validated, so a char-LM
-    checkpoint exports on a machine without its corpus), the weights are ``model``, and the
-    ``[task]`` table gives the vocabulary (:func:`vocabulary_from_recipe`) unless the checkpoint
-    stores one under ``vocabulary``.
-
-    Raises:
-        FileNotFoundError: the file (or a checkpoint in the folder) does not exist.
-        ValueError: not a lotsim checkpoint, or a stored config that does not validate (one line).
-    """
-    from lotsim.train.checkpoint import load_checkpoint, resolve_checkpoint
-
-    path = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(path)
-    try:
-        recipe_table = tomllib.loads(state["recipe"])
-    except (KeyError, TypeError, tomllib.TOMLDecodeError) as err:
-        raise ValueError(f"{str(path)!r} holds no readable recipe ({type(err).__name__}: {err})") from None
-    config_dict, weights = recipe_table.get("model"), state.get("model")
-    if not isinstance(config_dict, Mapping) or not isinstance(weights, Mapping):
-        raise ValueError(f"{str(path)!r} is not a model checkpoint: it needs 'model' weights and a recipe "
-                         f"with a [model] table")
-    try:
-        config = ModelConfig.model_validate(dict(config_dict))
-    except ValueError as err:  # pydantic's ValidationError is a ValueError
-        lines = [line.strip() for line in str(err).splitlines()[1:3]]
-        raise ValueError(f"{str(path)!r}: the stored model config is invalid ({' '.join(lines)})") from None
-    vocabulary = state.get("vocabulary") or vocabulary_from_recipe(recipe_table)
-    step = state.get("step")
-    return CheckpointContents(path=path, config=config, state_dict=weights, recipe=state["recipe"],
-                              vocabulary=vocabulary, step=int(step) if isinstance(step, int) else None)
-
-
-def build_model(contents: CheckpointContents) -> LOTModel:
-    """The eval-mode float32 CPU :class:`~lotsim.model.LOTModel` with the checkpoint's weights.
-
-    Raises:
-        ValueError: the weights do not fit the config (one line naming the first mismatches).
-    """
-    model = LOTModel(contents.config)
-    try:
-        model.load_state_dict(contents.state_dict)
-    except RuntimeError as err:
-        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
-        raise ValueError(f"{str(contents.path)!r}: the weights do not match the stored model config "
-                         f"({detail[:300]})") from None
-    return model.float().eval()
-
-
 def load_model_for_export(checkpoint: str | Path) -> tuple[LOTModel, ModelConfig]:
-    """(eval-mode model, its :class:`~lotsim.model.ModelConfig`) from a checkpoint.
+    """(eval-mode model, its :class:`~lotsim.model.ModelConfig`) from a checkpoint file or run folder.
 
-    See :func:`read_checkpoint` for the layouts understood and the errors raised.
+    See :func:`lotsim.train.checkpoint.read_checkpoint` for the layouts understood and the errors raised.
     """
     contents = read_checkpoint(checkpoint)
-    return build_model(contents), contents.config
-
-
-def vocabulary_from_recipe(recipe: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Token names for the recipe's ``[task]``, so a deployed model can read and write text.
-
-    * ``char_lm``, ``level = "char"``: the file's sorted characters (None when the file is not
-      here: the vocabulary is not stored in the checkpoint);
-    * ``char_lm``, ``level = "byte"``: ``{"kind": "byte"}`` (ids are UTF-8 bytes);
-    * ``copy_reverse``: symbols ``"0".."n-1"`` and the separator ``"|"``;
-    * ``associative_recall``: keys ``k0..``, values ``v0..``, the separator ``"|"``;
-    * anything else: None (token ids only).
-
-    Returns:
-        ``{"kind": "char"|"byte"|"tokens", "itos": list[str] | None, "join": str}`` or None. ``join``
-        is the string between decoded tokens ("" for characters and single digits).
-    """
-    task = recipe.get("task") if isinstance(recipe, Mapping) else None
-    if not isinstance(task, Mapping):
-        return None
-    kind = task.get("kind")
-    if kind == "char_lm":
-        if task.get("level", "char") == "byte":
-            return {"kind": "byte", "itos": None, "join": ""}
-        try:
-            from lotsim.tasks.text import load_text
-
-            _, chars = load_text(task.get("path", ""), "char")
-        except (ImportError, ValueError, OSError):
-            return None
-        return {"kind": "char", "itos": list(chars), "join": ""}
-    if kind == "copy_reverse":
-        n = int(task.get("n_symbols", 10))
-        return {"kind": "tokens", "itos": [str(i) for i in range(n)] + ["|"], "join": "" if n <= 10 else " "}
-    if kind == "associative_recall":
-        keys, values = int(task.get("n_keys", 16)), int(task.get("n_values", 16))
-        itos = [f"k{i}" for i in range(keys)] + [f"v{i}" for i in range(values)] + ["|"]
-        return {"kind": "tokens", "itos": itos, "join": " "}
-    return None
+    return model_from_checkpoint(contents), contents.config
 
 
 # -------------------------------------------------------------------------------------------------
@@ -473,9 +364,10 @@ def export_metadata(config: ModelConfig, *, seq_len: int | None = None, recipe: 
     """String -> string metadata stored with an exported model (ONNX ``metadata_props``).
 
     Keys: ``lotsim.version``, ``lotsim.attention``, ``lotsim.vocab_size``, ``lotsim.seq_len``
-    (maximum sequence length of the exported graph), ``lotsim.model_config`` (JSON),
-    ``lotsim.input`` / ``lotsim.output`` (names), and when known ``lotsim.vocabulary`` (JSON, see
-    :func:`vocabulary_from_recipe`) and ``lotsim.recipe`` (resolved TOML).
+    (maximum sequence length of the exported graph: a consumer must not feed longer inputs),
+    ``lotsim.model_config`` (JSON), ``lotsim.input`` / ``lotsim.output`` (names), and when known
+    ``lotsim.vocabulary`` (JSON, see :meth:`lotsim.tasks.Task.vocabulary`) and ``lotsim.recipe``
+    (resolved TOML).
     """
     from lotsim import __version__
 
@@ -521,7 +413,8 @@ def sidecar_path(output: str | Path) -> Path:
 def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, format: str = "onnx", *,
                       opset: int | None = None, seq_len: int | None = None, verify: bool = True,
                       tolerance: float = 1e-4, shapes: Sequence[tuple[int, int]] | None = None,
-                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      progress: Callable[[str], None] | None = None, overwrite: bool = False,
+                      allow_code: bool = False) -> dict[str, Any]:
     """``lotsim export``: checkpoint -> exported file (+ sidecar JSON), verified against PyTorch.
 
     Args:
@@ -534,6 +427,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
         tolerance: largest allowed max abs difference of the logits.
         shapes: verification shapes; None -> :func:`default_shapes`.
         progress: called with a short description as each stage starts (for a spinner).
+        overwrite: replace an existing output file and its sidecar (otherwise refused).
+        allow_code: read a checkpoint that needs full unpickling (only for a file you trust).
 
     Returns:
         A JSON-able report: ``output``, ``format``, ``sidecar``, ``external_data`` (path or None),
@@ -550,10 +445,13 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None, 
     check_dependencies(format, verify)
     say = progress or (lambda _message: None)
     say(f"reading {checkpoint}")
-    contents = read_checkpoint(checkpoint)
-    model = build_model(contents)
+    contents = read_checkpoint(checkpoint, allow_code=allow_code)
+    model = model_from_checkpoint(contents)
     max_len = _max_length(model, seq_len)
     output = Path(output) if output is not None else contents.path.with_suffix(SUFFIXES[format])
+    existing = [str(p) for p in (output, sidecar_path(output)) if p.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]!r} already exists; replace it with --overwrite or choose another --output")
     metadata = export_metadata(contents.config, seq_len=max_len, recipe=contents.recipe,
                                vocabulary=contents.vocabulary)
     say(f"exporting {contents.config.attention} model to {format}")
@@ -631,7 +529,6 @@ __all__ = [
     "OUTPUT_NAME",
     "CheckpointContents",
     "ExportFailed",
-    "build_model",
     "check_dependencies",
     "check_format",
     "check_opset",
@@ -647,5 +544,4 @@ __all__ = [
     "run_exported",
     "sidecar_path",
     "verify_export",
-    "vocabulary_from_recipe",
 ]

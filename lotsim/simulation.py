@@ -14,12 +14,9 @@ frame and names the first bad step.
 from __future__ import annotations
 
 import math
-import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from lotsim import __version__
 from lotsim.config import SimulationRecipe, parse_couplings, parse_shard, recipe_to_toml
 from lotsim.dynamics import KuramotoSystem, build_operator, make_integrator, order_parameter
 from lotsim.dynamics.initial import initial_phases, load_phases, natural_frequencies
+from lotsim.interrupts import sigterm_as_interrupt
 from lotsim.io import TrajectoryWriter, open_trajectory, read_state
 from lotsim.lattice import Lattice
 from lotsim.memory import check_memory
@@ -228,7 +226,7 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
     checkpointed = state.step
     last_good = state  # the newest state whose frame (if it is a save point) is in ``frames`` or on disk
     frames = _FrameBlock(writer, couplings.shape[0], lattice.n, store_dtype, dyn.dt)
-    with writer, _sigterm_as_interrupt():
+    with writer, sigterm_as_interrupt():
         try:
             while state.step < total:
                 n = min(out.save_every - state.step % out.save_every, total - state.step)
@@ -337,23 +335,6 @@ class _FrameBlock:
 
     def checkpoint(self, state) -> None:
         self.writer.write_state(**_checkpoint(state, self.dt))
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's preemption, ``kill``) stops the run like Ctrl-C: checkpoint, then raise."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:  # None: a handler installed outside Python, which cannot be put back; use the default
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _checkpoint(state, dt: float) -> dict:

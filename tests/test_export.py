@@ -34,9 +34,9 @@ from lotsim.export import (
     require_packages,
     sidecar_path,
     verify_export,
-    vocabulary_from_recipe,
 )
 from lotsim.model import LOTModel, ModelConfig, available_attentions
+from lotsim.tasks import vocabulary_from_recipe
 from lotsim.train.checkpoint import save_checkpoint
 
 onnx = pytest.importorskip("onnx")
@@ -186,6 +186,20 @@ def test_example_script_generates_and_scores_without_torch(exported, tmp_path):
     sidecar_path(stripped).write_text(sidecar_path(path).read_text())
     again = _run_example(stripped, "--prompt", prompt, "--max-new-tokens", "6", "--temperature", "0", cwd=tmp_path)
     assert again["ids"] == got["ids"]
+
+
+def test_example_refuses_inputs_longer_than_the_exported_maximum(exported):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("onnx_generate", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    session, meta = example.load(str(exported["path"]))
+    assert meta["seq_len"] == 8 and example.logits_of(session, meta, [1] * 8).shape == (8, 11)
+    with pytest.raises(example.TooLong, match="9 tokens exceed the model's maximum length of 8"):
+        example.logits_of(session, meta, [1] * 9)
+    with pytest.raises(SystemExit, match="no vocabulary"):  # a text prompt for a model without one
+        example.Codec(None).encode("ROMEO:")
 
 
 # -------------------------------------------------------------------------------------------------

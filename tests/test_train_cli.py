@@ -52,14 +52,14 @@ def test_run_folder_contents(run_dir):
         assert "task" in f["parameters"].attrs["recipe_toml"]
 
 
-def test_eval_writes_metrics_json(run_dir):
+def test_eval_writes_its_own_file(run_dir):
     result = invoke("eval", run_dir, "--split", "validation", "--json")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["split"] == "validation" and metrics["checkpoint"].endswith("best.pt")
     assert {"loss", "token_accuracy", "exact_match", "sync_order", "sync_order_per_layer"} <= set(metrics)
     assert set(metrics["sync_order_per_layer"]) == {"layer_00", "layer_01"}
-    assert json.loads((run_dir / "metrics.validation.json").read_text()) == metrics
+    assert json.loads((run_dir / "eval-validation.json").read_text()) == metrics
     table = invoke("eval", run_dir / "checkpoints" / "last.pt", "--batches", "1", "--out", run_dir / "e.json")
     assert table.exit_code == 0 and "exact_match" in table.stdout
     assert json.loads((run_dir / "e.json").read_text())["batches"] == 1
@@ -113,8 +113,8 @@ def test_analyze_run_without_telemetry_is_a_user_error(tmp_path):
 
 
 def test_eval_with_interventions_changes_the_metrics_and_refuses_unknown_names(run_dir):
-    base = json.loads(invoke("eval", run_dir, "--split", "validation", "--json").stdout)
-    forced = invoke("eval", run_dir, "--split", "validation", "--intervene", "gain=5", "--json")
+    base = json.loads(invoke("eval", run_dir, "--split", "validation", "--json", "--overwrite").stdout)
+    forced = invoke("eval", run_dir, "--split", "validation", "--intervene", "gain=5", "--json", "--overwrite")
     assert forced.exit_code == 0, forced.output
     forced = json.loads(forced.stdout)
     assert forced["interventions"] == ["gain=5"] and forced["loss"] != base["loss"]

@@ -28,13 +28,17 @@ def export(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Run the exported file on several "
                                          "(batch, seq) shapes and compare with PyTorch.")] = True,
     tolerance: Annotated[float, typer.Option(help="Largest allowed max |exported - PyTorch| of the logits.")] = 1e-4,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file and its sidecar JSON.")] = False,
+    allow_code: Annotated[bool, typer.Option(help="Trust the checkpoint: read it even if it needs full unpickling "
+                                             "(which can run code stored in it).")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Export a trained model to [bold]ONNX[/bold] or [bold]torch.export[/bold] (.pt2) and verify it.
 
-    The graph maps idx int64 [batch, seq] to logits [batch, seq, vocab] with dynamic batch and
-    sequence axes; the model config, vocabulary and lotsim version travel in the file's metadata
-    and in a sidecar FILE.json. Exits 1 if the exported model differs from PyTorch by more than
+    The graph maps idx int64 \\[batch, seq] to logits \\[batch, seq, vocab] with dynamic batch and
+    sequence axes up to the maximum length (lotsim.seq_len in the metadata: longer inputs are not
+    supported); the model config, vocabulary and lotsim version travel in the file's metadata and
+    in a sidecar FILE.json. Exits 1 if the exported model differs from PyTorch by more than
     --tolerance on any verified shape.
     """
     fmt = (format or (output.suffix.lstrip(".") if output is not None and output.suffix else "onnx")).lower()
@@ -57,7 +61,8 @@ def export(
         check_dependencies(fmt, verify)
         with spinner or contextlib.nullcontext():
             report = export_checkpoint(checkpoint, output, fmt, opset=opset, seq_len=seq_len, verify=verify,
-                                       tolerance=tolerance, progress=progress)
+                                       tolerance=tolerance, progress=progress, overwrite=overwrite,
+                                       allow_code=allow_code)
     except (ValueError, FileNotFoundError) as err:  # user errors: bad file, option or missing extra
         raise fail(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
     except ExportFailed as err:

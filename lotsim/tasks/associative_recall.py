@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, model_validator
 
 from lotsim.config import Section
-from lotsim.tasks.base import BaseTask, sample_split, split_rng, to_batch
+from lotsim.tasks.base import BaseTask, Vocabulary, sample_split, split_rng, to_batch, token_vocabulary
 
 
 class AssociativeRecallOptions(Section):
@@ -66,6 +66,16 @@ class AssociativeRecall(BaseTask):
     @classmethod
     def from_options(cls, options: AssociativeRecallOptions) -> AssociativeRecall:
         return cls(options.n_pairs, options.n_queries, options.n_keys, options.n_values, options.seed)
+
+    def vocabulary(self) -> Vocabulary:
+        """Keys ``k0..``, values ``v0..`` and the separator ``"|"``, space-separated."""
+        return self.vocabulary_of(self)
+
+    @staticmethod
+    def vocabulary_of(options: AssociativeRecallOptions | AssociativeRecall) -> Vocabulary:
+        """The vocabulary from the options alone (anything with ``n_keys`` and ``n_values``)."""
+        keys, values = int(options.n_keys), int(options.n_values)
+        return token_vocabulary([f"k{i}" for i in range(keys)] + [f"v{i}" for i in range(values)] + ["|"], " ")
 
     def _draw(self, rng: np.random.Generator, m: int) -> np.ndarray:
         """Candidate sequences (m, 2N + 1 + 2M)."""

@@ -59,6 +59,14 @@ class Task(Protocol):
         ...
 
 
+Vocabulary = dict  # {"kind": "char" | "byte" | "tokens", "itos": list[str] | None, "join": str}
+
+
+def token_vocabulary(itos: list[str], join: str) -> Vocabulary:
+    """A vocabulary of named tokens; ``join`` is the string between decoded tokens ("" or " ")."""
+    return {"kind": "tokens", "itos": list(itos), "join": join}
+
+
 class BaseTask:
     """Convenience base: default :meth:`metrics` (loss, token accuracy, exact match) and
     :meth:`num_batches` (None: a synthetic split never runs out). Subclass it or just follow
@@ -74,6 +82,12 @@ class BaseTask:
 
     def num_batches(self, split: str, batch_size: int) -> int | None:
         """How many distinct batches a split holds (None: unlimited)."""
+        return None
+
+    def vocabulary(self) -> Vocabulary | None:
+        """Token names, so a saved or exported model can read and write text: ``{"kind": "char"|"byte"|
+        "tokens", "itos": [...] or None, "join": str}`` (``join`` goes between decoded tokens), or
+        None (token ids only). Stored in every checkpoint; optional for your own tasks."""
         return None
 
 

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 
 from lotsim.config import Section
-from lotsim.tasks.base import BaseTask, sample_split, split_rng, to_batch
+from lotsim.tasks.base import BaseTask, Vocabulary, sample_split, split_rng, to_batch, token_vocabulary
 
 
 class CopyReverseOptions(Section):
@@ -61,6 +61,16 @@ class CopyReverse(BaseTask):
     @classmethod
     def from_options(cls, options: CopyReverseOptions) -> CopyReverse:
         return cls(options.length, options.n_symbols, options.seed)
+
+    def vocabulary(self) -> Vocabulary:
+        """Symbols ``"0".."n-1"`` and the separator ``"|"`` (space-separated beyond 10 symbols)."""
+        return self.vocabulary_of(self)
+
+    @staticmethod
+    def vocabulary_of(options: CopyReverseOptions | CopyReverse) -> Vocabulary:
+        """The vocabulary from the options alone (anything with ``n_symbols``)."""
+        n = int(options.n_symbols)
+        return token_vocabulary([str(i) for i in range(n)] + ["|"], "" if n <= 10 else " ")
 
     def sequences(self, split: str, batch_size: int, index: int) -> np.ndarray:
         """The first halves x (b, L) of a batch."""

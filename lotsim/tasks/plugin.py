@@ -9,6 +9,10 @@
 (defaults: :func:`lotsim.tasks.masked_metrics` and the class name). Subclassing
 :class:`lotsim.tasks.BaseTask` gives you those defaults. The module must be importable (installed,
 or on ``PYTHONPATH``).
+
+Only recipes the user hands over import code: a recipe read back from a checkpoint or a run folder
+is validated with :data:`UNTRUSTED` as pydantic context, and its ``target`` is then refused unless
+the user passes ``--allow-code`` (a file from someone else must never run code).
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import importlib
 import inspect
 from typing import Any, Literal
 
-from pydantic import ConfigDict, field_validator
+from pydantic import ConfigDict, ValidationInfo, field_validator
 
 from lotsim.config import Section
 from lotsim.tasks.base import masked_metrics
+
+UNTRUSTED = {"untrusted": True}  # validation context of a recipe read from a checkpoint or run folder
 
 
 class CustomTaskOptions(Section):
@@ -33,7 +39,10 @@ class CustomTaskOptions(Section):
 
     @field_validator("target")
     @classmethod
-    def _importable(cls, value: str) -> str:
+    def _importable(cls, value: str, info: ValidationInfo) -> str:
+        if (info.context or {}).get("untrusted"):
+            raise ValueError(f"{value!r} is code named by a checkpoint or run folder, not by you; lotsim "
+                             f"imports it only if you trust the file: rerun with --allow-code")
         import_target(value)
         return value
 

@@ -42,7 +42,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from lotsim.config import Section
-from lotsim.tasks.base import BaseTask, check_split, masked_metrics, split_rng
+from lotsim.tasks.base import BaseTask, Vocabulary, check_split, masked_metrics, split_rng
 
 ENWIK8_BYTES = 100_000_000
 ENWIK8_SPLIT = (90_000_000, 5_000_000, 5_000_000)
@@ -80,7 +80,7 @@ class TextOptions(Section):
             return sysconfig.get_paths()["stdlib"]
         if not Path(value).exists():
             raise ValueError(f"text file {value!r} does not exist (set task.path to your corpus)")
-        return value
+        return str(Path(value).resolve())
 
     @model_validator(mode="after")
     def _has_files(self) -> TextOptions:
@@ -141,6 +141,8 @@ def describe_corpus(path: str | Path, glob: str | None = "*.py") -> dict[str, An
 def _tokenize(parts: list[bytes], level: str, source: str) -> tuple[np.ndarray, tuple[str, ...] | None, list[int]]:
     """Token ids of the concatenated ``parts``, the character vocabulary (None for bytes) and the
     token offset where each part starts (plus the end)."""
+    if not any(parts):
+        raise ValueError(f"text corpus {source!r} is empty; set task.path to a corpus with text in it")
     if level == "byte":
         raw = b"".join(parts)
         return np.frombuffer(raw, dtype=np.uint8), None, np.cumsum([0, *map(len, parts)]).tolist()
@@ -190,6 +192,13 @@ def load_text(path: str | Path, level: str = "char", glob: str = "*.py") -> tupl
     """Token ids (n,) and the character vocabulary (None at byte level) of a file or directory corpus."""
     tokens, chars, _ = load_corpus(path, level, glob)
     return tokens, chars
+
+
+def vocabulary_of(chars: tuple[str, ...] | None, level: str) -> Vocabulary:
+    """The vocabulary of a text task: its characters, or bytes."""
+    if level == "byte":
+        return {"kind": "byte", "itos": None, "join": ""}
+    return {"kind": "char", "itos": list(chars), "join": ""}
 
 
 def is_enwik8(path: str | Path) -> bool:
@@ -252,6 +261,10 @@ class TextTask(BaseTask):
         if options.level == "byte":
             return 256, options.seq_len
         return len(load_text(options.path, "char", options.glob)[1]), options.seq_len
+
+    def vocabulary(self) -> Vocabulary:
+        """The file's sorted characters (``char``) or ``{"kind": "byte"}`` (ids are UTF-8 bytes)."""
+        return vocabulary_of(self.chars, self.level)
 
     def decode(self, ids) -> str:
         """Token ids back to text."""

@@ -5,29 +5,39 @@
 Public API::
 
     TrainingRecipe, load_training_recipe           # recipes (recipe.py)
-    train, TrainResult, TrainingInterrupted        # the loop (loop.py)
+    train, TrainResult, TrainingInterrupted, TrainingDiverged   # the loop (loop.py)
     evaluate, evaluate_checkpoint                  # held-out metrics (evaluate.py)
     save_checkpoint, load_checkpoint               # checkpoints (checkpoint.py)
+    read_checkpoint, model_from_checkpoint         # the one checkpoint -> model path
     run_comparison, parse_arms                     # multi-seed studies (compare.py)
 """
 
 from __future__ import annotations
 
-from lotsim.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from lotsim.train.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    read_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from lotsim.train.compare import parse_arms, run_comparison
 from lotsim.train.evaluate import evaluate, evaluate_checkpoint
-from lotsim.train.loop import TrainingInterrupted, TrainResult, train
+from lotsim.train.loop import TrainingDiverged, TrainingInterrupted, TrainResult, train
 from lotsim.train.recipe import TrainingRecipe, load_training_recipe
 
 __all__ = [
     "TrainResult",
+    "TrainingDiverged",
     "TrainingInterrupted",
     "TrainingRecipe",
     "evaluate",
     "evaluate_checkpoint",
     "load_checkpoint",
     "load_training_recipe",
+    "model_from_checkpoint",
     "parse_arms",
+    "read_checkpoint",
     "resolve_checkpoint",
     "run_comparison",
     "save_checkpoint",

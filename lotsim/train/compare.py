@@ -328,7 +328,7 @@ def _train_run(recipe: TrainingRecipe, run_dir: Path, tuning: bool = False,
     from lotsim.train.loop import train
 
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
-    result = train(None if resume else recipe, run_dir, resume=resume, callback=callback, evaluate_test=not tuning)
+    result = train(recipe, run_dir, resume=resume, callback=callback, evaluate_test=not tuning)
     if tuning and result.finished:
         (run_dir / "tuning.json").write_text(json.dumps(
             {"split": "validation", "best": result.best, "validation": result.validation, "steps": result.step,

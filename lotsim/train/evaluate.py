@@ -97,42 +97,63 @@ def evaluate(model: torch.nn.Module, task: Task, split: str = "validation", *, b
 
 
 def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, max_batches: int | None = None,
-                        batch_size: int | None = None, device: str = "cpu",
-                        intervene: list[str] | None = None) -> dict[str, Any]:
+                        batch_size: int | None = None, device: str = "cpu", intervene: list[str] | None = None,
+                        overrides: list[str] = (), allow_code: bool = False) -> dict[str, Any]:
     """Evaluate a saved checkpoint (a file or a run folder: ``best.pt``, else ``last.pt``).
 
-    The task and model are rebuilt from the recipe stored in the checkpoint. ``intervene`` holds
+    The task and model are rebuilt from the recipe stored in the checkpoint, with ``overrides``
+    (``a.b=value``, e.g. ``task.path=...`` when the corpus moved). That recipe comes from a file:
+    a custom task's code is imported only with ``allow_code``. ``intervene`` holds
     ``[LAYERS.]NAME=VALUE`` specs (e.g. ``coupling=0``) forced at inference, recorded in the result.
 
     Returns:
         :func:`evaluate`'s metrics plus ``checkpoint``, ``step``, ``attention``, ``parameters``
         (total, non_embedding), ``recipe_name``, ``seed``, ``wall_time_s``, ``lotsim_version``,
-        ``git_commit`` and ``recipe`` (the checkpoint's resolved recipe, TOML text).
+        ``git_commit``, ``interventions`` and ``recipe`` (the checkpoint's resolved recipe, TOML text).
+
+    Raises:
+        FileNotFoundError, ValueError: one line (no checkpoint, an unreadable or untrusted one, a
+            recipe that does not validate, weights or a vocabulary that do not fit the task).
     """
-    from lotsim.model import LOTModel, count_parameters
+    from lotsim import __version__
+    from lotsim.model import count_parameters
     from lotsim.model.interventions import parse_intervention_specs
+    from lotsim.simulation import git_commit
     from lotsim.tasks import build_task
-    from lotsim.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from lotsim.train.recipe import recipe_from_toml
+    from lotsim.train.checkpoint import model_from_checkpoint, read_checkpoint
+    from lotsim.train.loop import pick_device
+    from lotsim.train.recipe import check_device, recipe_from_toml
 
     check_split(split)
-    path = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(path)
-    recipe = recipe_from_toml(state["recipe"])
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch size {batch_size} must be >= 1")
+    torch_device = pick_device(check_device(device, "cpu, cuda or cuda:<i>"))
+    contents = read_checkpoint(checkpoint, allow_code=allow_code)
+    recipe = recipe_from_toml(contents.recipe, overrides, allow_code=allow_code)
     task = build_task(recipe.task)
-    model = LOTModel(recipe.model)
-    model.load_state_dict(state["model"])
-    model.to(device)
+    _check_vocabulary(contents, task)
+    model = model_from_checkpoint(contents, recipe.model, torch_device)
     bs = batch_size or recipe.train.held_out_batch_size
     batches = max_batches if max_batches is not None else recipe.train.test_batches
     start = time.perf_counter()
     interventions = parse_intervention_specs(intervene, recipe.model.n_layers) if intervene else None
     metrics = evaluate(model, task, split, batch_size=bs, max_batches=batches, interventions=interventions)
-    from lotsim import __version__
-    from lotsim.simulation import git_commit
-
-    metrics.update(checkpoint=str(path), step=int(state["step"]), attention=recipe.model.attention,
+    metrics.update(checkpoint=str(contents.path), step=contents.step, attention=recipe.model.attention,
                    parameters=count_parameters(model), recipe_name=recipe.name, seed=recipe.seed,
                    wall_time_s=time.perf_counter() - start, lotsim_version=__version__, git_commit=git_commit(),
-                   recipe=state["recipe"], interventions=list(intervene or []))
+                   recipe=contents.recipe, interventions=list(intervene or []))
     return metrics
+
+
+def _check_vocabulary(contents, task: Task) -> None:
+    """The task rebuilt from the recipe must speak the checkpoint's vocabulary (one line if not)."""
+    stored = contents.vocabulary
+    current = task.vocabulary() if hasattr(task, "vocabulary") else None
+    if stored is not None and current is not None and stored != current:
+        size = len(current.get("itos") or ()) or task.vocab_size
+        raise ValueError(f"{str(contents.path)!r} was trained on another vocabulary ({len(stored.get('itos') or ())} "
+                         f"{stored['kind']} tokens) than the task now gives ({size} {current['kind']} tokens); "
+                         f"point --set task.path at the corpus it was trained on")
+    if task.vocab_size > contents.config.vocab_size:
+        raise ValueError(f"the task has {task.vocab_size} tokens but {str(contents.path)!r} models "
+                         f"{contents.config.vocab_size}; it was trained on another task or corpus")

@@ -25,7 +25,12 @@ At the end the best checkpoint is evaluated on the test split (``metrics.json``)
 
 Ctrl-C (SIGINT) or SIGTERM (preemption) finishes the current step, saves ``last.pt`` and raises
 :class:`TrainingInterrupted`; ``train(..., resume=True)`` (``lotsim train --resume RUN_DIR``)
-continues exactly: a resumed run's losses equal an uninterrupted run's.
+continues exactly: a resumed run's losses equal an uninterrupted run's. Every state a stop can
+leave has a way forward: a run stopped after its last step (e.g. during the final validation)
+resumes into its validation and test; a finished run resumed changes nothing; a folder stopped
+before its first checkpoint is started again with ``overwrite=True``. A non-finite loss or gradient
+stops training at that step (:class:`TrainingDiverged`), before the optimiser applies it, keeping
+the last good checkpoint.
 
 The library never prints: progress goes to ``callback(event: dict)``.
 """
@@ -33,13 +38,11 @@ The library never prints: progress goes to ``callback(event: dict)``.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fnmatch
 import json
 import math
 import os
 import random
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,11 +53,32 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lotsim.interrupts import StopFlag
 from lotsim.model import LOTModel, ModelConfig, count_parameters
 from lotsim.tasks import Task, build_task
-from lotsim.train.checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lotsim.train.checkpoint import (
+    BEST,
+    LAST,
+    model_from_checkpoint,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from lotsim.train.evaluate import evaluate
-from lotsim.train.recipe import TrainingRecipe, recipe_to_toml
+from lotsim.train.recipe import TrainingRecipe, recipe_from_toml, recipe_to_toml
+from lotsim.train.run_folder import (
+    METRICS_LOG,
+    RECIPE_FILE,
+    REPORT,
+    TENSORBOARD_MISSING,
+    MetricsLog,
+    check_run_folder,
+    clear_run_folder,
+    default_run_dir,
+    open_tensorboard,
+    resume_checkpoint,
+)
 from lotsim.train.telemetry import PhaseTelemetry
 
 Callback = Callable[[dict[str, Any]], None]
@@ -69,6 +93,22 @@ class TrainingInterrupted(Exception):
 
     def __reduce__(self):  # picklable, so it crosses from a worker process (lotsim compare --jobs)
         return type(self), (self.run_dir, self.step)
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient: training stopped at that step, before the optimiser applied it;
+    ``last.pt`` (if any) is the last good checkpoint."""
+
+    def __init__(self, run_dir: Path, step: int, what: str, value: float, lr: float, last_good: int | None):
+        where = (f"the last good checkpoint is {Path(run_dir) / 'checkpoints' / LAST} (step {last_good})"
+                 if last_good is not None else "no checkpoint was written before it")
+        super().__init__(f"training diverged at step {step}: {what} {value} (lr {lr:.3g}); {where}; lower "
+                         f"train.lr, raise train.warmup_steps or train.grad_clip, then start again")
+        self.run_dir, self.step, self.what, self.value, self.lr, self.last_good = (
+            run_dir, step, what, value, lr, last_good)
+
+    def __reduce__(self):
+        return type(self), (self.run_dir, self.step, self.what, self.value, self.lr, self.last_good)
 
 
 @dataclass
@@ -87,6 +127,9 @@ class TrainResult:
         tokens_per_s: training throughput (all processes, evaluation time excluded).
         wall_time_s: wall time of this call.
         model: the trained model (bare, on its device) as it is at the end of this call.
+        recipe_name: the recipe's ``name``.
+        already_finished: True when a resumed run had already finished: nothing was run or written
+            (``test`` then holds the run's metrics.json).
     """
 
     run_dir: Path
@@ -100,6 +143,8 @@ class TrainResult:
     tokens_per_s: float = 0.0
     wall_time_s: float = 0.0
     model: torch.nn.Module | None = field(default=None, repr=False)
+    recipe_name: str = ""
+    already_finished: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -202,73 +247,10 @@ def lr_factor(step: int, steps: int, warmup: int, min_ratio: float, schedule: st
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def default_run_dir(recipe: TrainingRecipe) -> Path:
-    """``<output.dir>/<name>/<output.run or a timestamp>``."""
-    run = recipe.output.run or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(recipe.output.dir) / recipe.name / run
-
-
 def _git_commit() -> str:
     from lotsim.simulation import git_commit
 
     return git_commit()
-
-
-class _StopFlag:
-    """SIGINT (Ctrl-C) and SIGTERM (preemption, torchrun shutting down) set a flag the loop checks
-    between steps; a second signal aborts at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict = {}
-
-    def __enter__(self):
-        with contextlib.suppress(ValueError):  # not the main thread: no handler, Ctrl-C raises as usual
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class _JsonLines:
-    """metrics.jsonl: one JSON object per logged step; a resumed run first drops lines after its step."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        if resume_step is None:
-            path.write_text("")  # a fresh run starts a fresh log
-        elif path.is_file():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
-        self._handle = open(path, "a")
-
-    def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, allow_nan=True) + "\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        self._handle.close()
-
-
-def _tensorboard(log_dir: Path, purge_step: int | None):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(log_dir), purge_step=purge_step)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,7 +258,8 @@ def _tensorboard(log_dir: Path, purge_step: int | None):
 
 
 def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = None, *, resume: bool = False,
-          callback: Callback | None = None, evaluate_test: bool = True) -> TrainResult:
+          callback: Callback | None = None, evaluate_test: bool = True, overrides: list[str] = (),
+          allow_code: bool = False, overwrite: bool = False) -> TrainResult:
     """Train a model from a recipe into a run folder.
 
     Args:
@@ -284,29 +267,33 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
         run_dir: the run folder (default :func:`default_run_dir`); with ``resume``, the folder
             holding ``checkpoints/last.pt``.
         resume: continue from ``run_dir/checkpoints/last.pt``.
-        callback: receives event dicts: ``start``, ``step`` (every step), ``eval``, ``checkpoint``,
-            ``test``, ``end``. Called on rank 0 only.
+        callback: receives event dicts: ``start``, ``warning`` (one line), ``step`` (every step),
+            ``eval``, ``checkpoint``, ``test``, ``end``. Called on rank 0 only.
         evaluate_test: evaluate the best checkpoint on the test split at the end (``metrics.json``).
+        overrides: with ``resume`` and no recipe, ``a.b=value`` overrides of the checkpoint's recipe.
+        allow_code: with ``resume`` and no recipe, trust the checkpoint: read it even if it needs
+            full unpickling and import the custom task its recipe names.
+        overwrite: a fresh run replaces what an earlier run left in ``run_dir`` (otherwise refused).
 
     Returns:
         :class:`TrainResult`.
 
     Raises:
         TrainingInterrupted: on Ctrl-C, after saving ``last.pt``.
+        TrainingDiverged: a non-finite loss or gradient (``last.pt`` is the last good checkpoint).
         ValueError: bad settings found at start-up (device, precision, freeze patterns, unknown
-            regulariser names...), before anything is written.
+            regulariser names, a run folder in use...), before anything is written.
     """
     wall_start = time.perf_counter()
     state = None
     if resume:
         if run_dir is None:
             raise ValueError("resume needs the run folder to continue")
-        last = Path(run_dir) / "checkpoints" / LAST
-        if not last.is_file():
-            raise FileNotFoundError(f"cannot resume: no checkpoint {str(last)!r}")
-        state = load_checkpoint(last)
+        state = resume_checkpoint(Path(run_dir), allow_code)
         if recipe is None:
-            recipe = resumed_recipe(state["recipe"])
+            recipe = recipe_from_toml(state["recipe"], overrides, allow_code=allow_code, resume=True)
+        if int(state["step"]) >= recipe.train.steps and (Path(run_dir) / REPORT).is_file():
+            return _finished(recipe, Path(run_dir), state, callback)
     elif recipe is None:
         recipe = TrainingRecipe()
     cfg = recipe.train
@@ -332,11 +319,15 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
             probe = model(task.batch("train", 1, 0)[0].to(device), return_intermediates=True)
         _regularizers(model, probe.intermediates, reg_weights)
     step, best = 0, {"metric": cfg.best_metric, "value": None, "step": None}
+    train_time, train_tokens = 0.0, 0  # the run's, over every call that trained it
+    last_validation: dict[str, Any] = {}
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, best = int(state["step"]), dict(state["best"])
+        train_time, train_tokens = float(state.get("train_time_s", 0.0)), int(state.get("train_tokens", 0))
+        last_validation = dict(state.get("validation") or {})
         if state.get("world_size", 1) != ddp.world_size:
             raise ValueError(f"the checkpoint was written by {state.get('world_size', 1)} processes; resume "
                              f"with the same number (now {ddp.world_size}) to continue its data order")
@@ -362,13 +353,21 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
         run_dir = Path(box[0])
     recipe_toml = recipe_to_toml(recipe)
     commit = _git_commit()
+    vocabulary = task.vocabulary() if hasattr(task, "vocabulary") else None
     log = tb = telemetry = None
     if ddp.main:
+        if not resume:
+            check_run_folder(run_dir, overwrite)
+            clear_run_folder(run_dir)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.resolved.toml").write_text(recipe_toml)
-        log = _JsonLines(run_dir / "metrics.jsonl", step if resume else None)
+        (run_dir / RECIPE_FILE).write_text(recipe_toml)  # a resume with --set records its new recipe
+        log = MetricsLog(run_dir / METRICS_LOG, step if resume else None)
+        if cfg.warmup_note:
+            emit({"event": "warning", "message": cfg.warmup_note})
         if recipe.output.tensorboard:
-            tb = _tensorboard(run_dir / "tb", step + 1 if resume else None)
+            tb = open_tensorboard(run_dir / "tb", step + 1 if resume else None)
+            if tb is None:
+                emit({"event": "warning", "message": TENSORBOARD_MISSING})
         if cfg.telemetry_every:
             probe, _ = task.batch("validation", cfg.telemetry_sequences, 0)
             telemetry = PhaseTelemetry(run_dir / "telemetry.h5", probe, recipe_toml=recipe_toml, seed=recipe.seed,
@@ -379,18 +378,24 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
     emit({"event": "start", "run_dir": str(run_dir), "start_step": step, "steps": cfg.steps,
           "parameters": params, "tokens_per_step": tokens_per_step, "device": str(device),
           "world_size": ddp.world_size})
-    result = TrainResult(run_dir=run_dir, step=step, finished=False, best=best, parameters=params, model=raw_model)
+    result = TrainResult(run_dir=run_dir, step=step, finished=False, best=best, parameters=params, model=raw_model,
+                         validation=last_validation, recipe_name=recipe.name)
+    last_saved = step if state is not None else None
 
     def checkpoint(path_name: str, gather: bool = True) -> None:
+        nonlocal last_saved
         rngs = _gather_rng(ddp) if gather else [rng_state() if ddp.main else None]
+        if path_name == LAST:
+            last_saved = step
         if not ddp.main:
             return
         save_checkpoint(run_dir / "checkpoints" / path_name, {
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "step": step, "data_index": step * cfg.grad_accum,
-            "rng": rngs, "best": best, "recipe": recipe_toml, "world_size": ddp.world_size,
-            "lotsim_version": _version(), "git_commit": commit, "parameters": params,
-            "wall_time_s": time.perf_counter() - wall_start,
+            "rng": rngs, "best": best, "validation": result.validation, "recipe": recipe_toml, "vocabulary": vocabulary,
+            "world_size": ddp.world_size, "lotsim_version": _version(), "git_commit": commit,
+            "parameters": params, "wall_time_s": time.perf_counter() - wall_start,
+            "train_time_s": train_time, "train_tokens": train_tokens,
         })
         if telemetry is not None:
             telemetry.flush()
@@ -412,10 +417,9 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
         if better:
             checkpoint(BEST, gather=False)
 
-    train_time, train_tokens = 0.0, 0
     model.train()
     try:
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             if telemetry is not None and step == 0 and state is None:
                 _log(log, tb, 0, "telemetry", telemetry.record(raw_model, 0))
             while step < cfg.steps:
@@ -444,11 +448,14 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
                 max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm))
                 lr = optimizer.param_groups[0]["lr"]
+                loss = _mean_over_ranks(loss_sum, ddp)
+                for what, value in (("loss", loss), ("gradient norm", grad_norm)):
+                    if not math.isfinite(value):  # before the optimiser applies it; last.pt stays good
+                        raise TrainingDiverged(run_dir, step + 1, what, value, lr, last_saved)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                loss = _mean_over_ranks(loss_sum, ddp)
                 dt = time.perf_counter() - t0
                 train_time += dt
                 train_tokens += tokens_per_step
@@ -469,14 +476,16 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
                 if _stop_requested(stop.requested, ddp):
                     checkpoint(LAST)
                     raise TrainingInterrupted(run_dir, step)
+            if state is not None and step >= cfg.steps and ddp.main and not result.validation:
+                validate()  # a checkpoint of an older lotsim stores no validation: redo the last one
         result.step = step
         result.finished = step >= cfg.steps
         result.tokens_per_s = train_tokens / train_time if train_time > 0 else 0.0
         if result.finished and evaluate_test and ddp.main:
             result.test = _final_test(recipe, task, run_dir, autocast, device)
             result.wall_time_s = time.perf_counter() - wall_start
-            (run_dir / "metrics.json").write_text(json.dumps(_final_report(recipe, task, result, commit), indent=2,
-                                                             default=str) + "\n")
+            (run_dir / REPORT).write_text(json.dumps(_final_report(recipe, task, result, commit), indent=2,
+                                                     default=str) + "\n")
             emit({"event": "test", "metrics": result.test})
     finally:
         result.wall_time_s = time.perf_counter() - wall_start
@@ -489,17 +498,17 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
     return result
 
 
-def resumed_recipe(recipe_toml: str, overrides: list[str] = ()) -> TrainingRecipe:
-    """A checkpoint's recipe for resuming: ``train.stop_at`` cleared (a stopped run continues to the
-    end) unless an override sets it again; other overrides change the run (its losses then differ
-    from an uninterrupted run's)."""
-    import tomllib
-
-    from lotsim.config import apply_overrides, validate_recipe
-
-    data = tomllib.loads(recipe_toml)
-    data.get("train", {}).pop("stop_at", None)
-    return validate_recipe(TrainingRecipe, apply_overrides(data, list(overrides)))
+def _finished(recipe: TrainingRecipe, run_dir: Path, state: dict, callback: Callback | None) -> TrainResult:
+    """A resumed run that had already finished: nothing runs, nothing is written."""
+    report = json.loads((run_dir / REPORT).read_text())
+    result = TrainResult(run_dir=run_dir, step=int(state["step"]), finished=True, already_finished=True,
+                         recipe_name=recipe.name,
+                         validation=report.get("validation") or {}, best=dict(state.get("best") or {}),
+                         test=report, parameters=dict(state.get("parameters") or {}),
+                         tokens_per_s=float(report.get("tokens_per_s") or 0.0))
+    if callback is not None and int(os.environ.get("RANK", "0")) == 0:
+        callback({"event": "end", "result": result})
+    return result
 
 
 def _seed_everything(seed: int) -> None:
@@ -567,7 +576,7 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return out
 
 
-def _log(log: _JsonLines | None, tb, step: int, split: str, record: dict) -> None:
+def _log(log: MetricsLog | None, tb, step: int, split: str, record: dict) -> None:
     if not record:
         return
     if log is not None:
@@ -580,12 +589,11 @@ def _log(log: _JsonLines | None, tb, step: int, split: str, record: dict) -> Non
 
 def _final_test(recipe: TrainingRecipe, task: Task, run_dir: Path, autocast, device) -> dict[str, Any]:
     """Test-split metrics of the best checkpoint (selected on validation)."""
-    state = load_checkpoint(run_dir / "checkpoints" / BEST)
-    model = LOTModel(recipe.model).to(device)
-    model.load_state_dict(state["model"])
+    contents = read_checkpoint(run_dir / "checkpoints" / BEST)
+    model = model_from_checkpoint(contents, recipe.model, device)
     metrics = evaluate(model, task, "test", batch_size=recipe.train.held_out_batch_size,
                        max_batches=recipe.train.test_batches, autocast=autocast)
-    metrics.update(checkpoint=str(run_dir / "checkpoints" / BEST), step=int(state["step"]))
+    metrics.update(checkpoint=str(contents.path), step=contents.step)
     return metrics
 
 

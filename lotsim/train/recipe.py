@@ -11,18 +11,35 @@ same as ``recipes/copy_reverse_lattice.toml``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
-from lotsim.config import RecipeError, Section, format_validation_error, load_recipe, recipe_to_toml, validate_recipe
+from lotsim.config import (
+    RecipeError,
+    Section,
+    apply_overrides,
+    format_validation_error,
+    load_recipe,
+    recipe_to_toml,
+)
 from lotsim.model import ModelConfig
+from lotsim.naming import RunName
 from lotsim.tasks import TASK_OPTIONS, CopyReverseOptions, task_shape
+from lotsim.tasks.plugin import UNTRUSTED
 
 DEFAULT_MODEL: dict[str, Any] = {
     "d_model": 64, "n_layers": 2, "n_heads": 4, "attention": "lattice",
 }
+
+
+def check_device(value: str, allowed: str = "auto, cpu, cuda or cuda:<i>") -> str:
+    """``value`` if it names a torch device lotsim trains or evaluates on; ValueError (one line) otherwise."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError(f"device {value!r} is not allowed; use {allowed}")
+    return value
 
 
 class TrainSection(Section):
@@ -35,7 +52,9 @@ class TrainSection(Section):
         grad_accum: micro-batches accumulated per optimiser step.
         lr: peak learning rate (AdamW).
         min_lr_ratio: the cosine schedule decays to lr x min_lr_ratio.
-        warmup_steps: linear warm-up from 0.
+        warmup_steps: linear warm-up from 0. A warm-up longer than half of ``steps`` (e.g. after
+            ``--steps 100`` cut the budget) is kept as given, with a warning (:attr:`warmup_note`):
+            changing it silently would change the results of every run that relied on it.
         schedule: ``cosine`` (after warm-up) or ``constant``.
         weight_decay: decoupled weight decay, applied to weight matrices only (never to norms,
             embeddings or the per-head oscillator scalars).
@@ -71,7 +90,7 @@ class TrainSection(Section):
     steps: Annotated[int, Field(ge=1)] = 1500
     batch_size: Annotated[int, Field(ge=1)] = 64
     grad_accum: Annotated[int, Field(ge=1)] = 1
-    lr: Annotated[float, Field(gt=0)] = 3e-3
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 3e-3
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
     warmup_steps: Annotated[int, Field(ge=0)] = 100
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -98,9 +117,17 @@ class TrainSection(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value not in ("auto", "cpu") and not value.startswith("cuda") and value != "mps":
-            raise ValueError(f"device {value!r} is not allowed; use auto, cpu, cuda or cuda:<i>")
-        return value
+        return check_device(value)
+
+    @property
+    def warmup_note(self) -> str | None:
+        """One line warning that the warm-up takes more than half the budget, or None."""
+        if self.warmup_steps <= self.steps // 2:
+            return None
+        never = " and never ends" if self.warmup_steps >= self.steps else ""
+        return (f"train.warmup_steps={self.warmup_steps} is more than half of train.steps={self.steps}: the "
+                f"learning rate stays in warm-up for most of the run{never}; kept as given, set e.g. "
+                f"--set train.warmup_steps={max(1, self.steps // 10)} to shorten it")
 
     @property
     def held_out_batch_size(self) -> int:
@@ -122,11 +149,11 @@ class OutputSection(Section):
     """
 
     dir: str = "outputs"
-    run: str | None = None
+    run: RunName | None = None
     tensorboard: bool = True
 
 
-def _task_options(value: Any):
+def _task_options(value: Any, context: dict | None = None):
     """Dispatch a raw ``[task]`` table to its options model on ``kind`` (``target`` implies custom)."""
     if not isinstance(value, dict):
         return value
@@ -135,7 +162,7 @@ def _task_options(value: Any):
         raise ValueError(f"kind {kind!r} is not a task; allowed: {', '.join(TASK_OPTIONS)}")
     options_cls = TASK_OPTIONS[kind]
     try:
-        return options_cls.model_validate({**value, "kind": kind})
+        return options_cls.model_validate({**value, "kind": kind}, context=context)
     except ValidationError as err:
         raise ValueError(format_validation_error(err, options_cls)) from None
 
@@ -147,7 +174,7 @@ class TrainingRecipe(Section):
 
     PATH_KEYS: ClassVar[tuple[str, ...]] = ("task.path", "model.attention_options.file")
 
-    name: str = "copy_reverse_lattice"
+    name: RunName = "copy_reverse_lattice"
     seed: int = 0
     task: SerializeAsAny[Section] = CopyReverseOptions()
     model: ModelConfig
@@ -164,8 +191,8 @@ class TrainingRecipe(Section):
 
     @field_validator("task", mode="before")
     @classmethod
-    def _dispatch_task(cls, value: Any) -> Any:
-        return _task_options(value)
+    def _dispatch_task(cls, value: Any, info: ValidationInfo) -> Any:
+        return _task_options(value, info.context)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -194,13 +221,36 @@ def load_training_recipe(path: str | Path | None = None, overrides: list[str] = 
     return load_recipe(TrainingRecipe, path, list(overrides), updates)
 
 
-def recipe_from_toml(text: str, overrides: list[str] = ()) -> TrainingRecipe:
-    """A recipe from TOML text (e.g. the one stored in a checkpoint), with optional overrides."""
+def recipe_from_toml(text: str, overrides: list[str] = (), *, allow_code: bool = False,
+                     resume: bool = False) -> TrainingRecipe:
+    """The recipe stored in a checkpoint or run folder (TOML text), with ``--set`` overrides.
+
+    Such a recipe comes from a file, not from the user: a custom task's ``target`` is refused
+    (one line naming ``--allow-code``) unless ``allow_code``.
+
+    Args:
+        text: the TOML text.
+        overrides: ``a.b=value`` overrides.
+        allow_code: import the ``task.target`` the recipe names (the user trusts the file).
+        resume: for continuing the run: ``train.stop_at`` is cleared (a stopped run continues to
+            the end) unless an override sets it again.
+
+    Raises:
+        RecipeError: one line naming the key and what is allowed.
+    """
     import tomllib
 
-    from lotsim.config import apply_overrides
-
-    return validate_recipe(TrainingRecipe, apply_overrides(tomllib.loads(text), list(overrides)))
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"the stored recipe is not valid TOML: {err}") from None
+    if resume:
+        data.get("train", {}).pop("stop_at", None)
+    data = apply_overrides(data, list(overrides))
+    try:
+        return TrainingRecipe.model_validate(data, context=None if allow_code else UNTRUSTED)
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, TrainingRecipe)) from None
 
 
 __all__ = [
@@ -209,6 +259,7 @@ __all__ = [
     "RecipeError",
     "TrainSection",
     "TrainingRecipe",
+    "check_device",
     "load_training_recipe",
     "recipe_from_toml",
     "recipe_to_toml",
