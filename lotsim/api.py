@@ -372,8 +372,8 @@ def load_model(checkpoint: str | Path) -> TrainedModel:
         FileNotFoundError: no checkpoint there.
         ValueError: not a lotsim checkpoint, or weights that do not fit the stored config (one line).
     """
-    from lotsim.export import build_model, read_checkpoint
+    from lotsim.train.checkpoint import model_from_checkpoint, read_checkpoint
 
     contents = read_checkpoint(checkpoint)
-    return TrainedModel(model=build_model(contents), vocabulary=contents.vocabulary, recipe=contents.recipe,
-                        step=contents.step, path=contents.path)
+    return TrainedModel(model=model_from_checkpoint(contents).eval(), vocabulary=contents.vocabulary,
+                        recipe=contents.recipe, step=contents.step, path=contents.path)

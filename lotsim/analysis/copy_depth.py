@@ -118,16 +118,12 @@ class CopyDepthTable:
 
 def load_model(checkpoint: str | Path):
     """(model in eval mode, recipe, checkpoint path, step) from a checkpoint file or run folder."""
-    from lotsim.model import LOTModel
-    from lotsim.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from lotsim.train.checkpoint import model_from_checkpoint, read_checkpoint
     from lotsim.train.recipe import recipe_from_toml
 
-    path = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(path)
-    recipe = recipe_from_toml(state["recipe"])
-    model = LOTModel(recipe.model)
-    model.load_state_dict(state["model"])
-    return model.eval(), recipe, path, int(state["step"])
+    contents = read_checkpoint(checkpoint)
+    recipe = recipe_from_toml(contents.recipe)
+    return model_from_checkpoint(contents).eval(), recipe, contents.path, int(contents.step or 0)
 
 
 @torch.no_grad()
