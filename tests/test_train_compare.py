@@ -276,6 +276,12 @@ def test_compare_help_lists_every_variants_ablations():
         for ablation in part.split(": ")[1].split(", "):
             assert ablation in flat
     assert "--tune" in flat and "--tune-steps" in flat and "--copy-depth" in flat
+    from lotsim.cli.compare import READINGS
+
+    readings = "; ".join(f"{a}: " + ", ".join(get_attention(a).readings) for a in available_attentions()
+                         if get_attention(a).readings)
+    assert READINGS == readings, "update READINGS in lotsim/cli/compare.py to the registry's readings"
+    assert all(r in flat for part in readings.split("; ") for r in part.split(": ")[1].split(", "))
 
 
 def test_compare_cli_rejects_tune_steps_without_tune():

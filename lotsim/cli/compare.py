@@ -15,13 +15,16 @@ from lotsim.cli._common import fail, print_json, print_table, stderr, user_error
 ABLATIONS = ("fsn: no-coupling, no-delay, no-frustration, frozen-phases; lattice: no-oscillator, frozen-phases, "
              "no-coupling; pma: no-oscillator, frozen-phases, no-coupling; ssa: no-oscillator, frozen-phases; "
              "torus: no-coupling, frozen-phases")
+# the variants' named readings of their papers (Attention.readings), same rule
+READINGS = "fsn: qk, mean, qk-mean; torus: qk, mean, qk-mean"
 
 
 def compare(
     recipe: Annotated[Path | None, typer.Argument(help="TOML recipe every arm starts from (default: the "
                                                   "embedded copy-reverse recipe).", show_default=False)] = None,
     arms: Annotated[str, typer.Option(help="Comma-separated arms: attention names, or ATTENTION:ABLATION with "
-                                      f"the ablations {ABLATIONS}.")] = "vanilla,lattice",
+                                      f"the ablations {ABLATIONS}; or ATTENTION:READING with the readings "
+                                      f"{READINGS}.")] = "vanilla,lattice",
     seeds: Annotated[int, typer.Option(help="Seeds per arm (shared by all arms: paired tests).")] = 3,
     seed: Annotated[int | None, typer.Option(help="First seed (default: the recipe's).")] = None,
     lr_sweep: Annotated[str | None, typer.Option(help="Learning rates swept for EVERY arm, e.g. 1e-3,3e-3; each "
