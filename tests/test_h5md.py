@@ -40,9 +40,12 @@ def _frames(start: int, stop: int, n_replicas: int, n_nodes: int, dtype=np.float
 
 
 def _append_range(w, group, start, stop, block, n_replicas, n_nodes, dtype=np.float32, with_r=True):
+    """Append frames ``start..stop-1`` in blocks; returns the frames left buffered by the last append."""
+    buffered = 0
     for a in range(start, stop, block):
         steps, times, phase, r = _frames(a, min(a + block, stop), n_replicas, n_nodes, dtype)
-        w.append(group, steps, times, phase, {"order_parameter": r} if with_r else None)
+        buffered = w.append(group, steps, times, phase, {"order_parameter": r} if with_r else None)
+    return buffered
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess:
@@ -88,9 +91,9 @@ def test_round_trip_three_groups(tmp_path):
             w.append("oscillators", steps, times, phase, {"order_parameter": r, "local_order": np.cos(phase)})
         _append_range(w, "layer_00", 0, 33, 5, 2, 8, np.float64)
         _append_range(w, "layer_01", 0, 9, 4, 1, 5, with_r=False)
-        assert w.frames_written("oscillators") == 50
 
     with open_trajectory(path) as t:
+        assert t.n_frames() == 50
         assert sorted(t.groups) == ["layer_00", "layer_01", "oscillators"]
         steps, times, phase, r = _frames(0, 50, 3, 16)
         assert isinstance(t.phase(), h5py.Dataset)
@@ -220,7 +223,7 @@ def test_append_keeps_memory_flat(tmp_path):
         w.add_particles(
             "oscillators", n_replicas=1, n_nodes=n_nodes, observables={"order_parameter": ((), np.float64)}
         )
-        chunk = w.chunk_frames("oscillators")
+        chunk = chunk_frames_for(4, n_nodes)
         assert chunk == 64  # 256 KiB / (4 B * 1024)
         tracemalloc.start()
         try:
@@ -229,14 +232,14 @@ def test_append_keeps_memory_flat(tmp_path):
             most_buffered = 0
             for b in range(n_frames // block + 1):
                 steps = np.arange(b * block, (b + 1) * block)
-                w.append(
+                buffered = w.append(
                     "oscillators", steps, 0.01 * steps, base + np.float32(1e-3 * b), {"order_parameter": ones}
                 )
-                most_buffered = max(most_buffered, w.buffered_frames("oscillators"))
+                most_buffered = max(most_buffered, buffered)
             peak = tracemalloc.get_traced_memory()[1] - start
         finally:
             tracemalloc.stop()
-        frames = w.frames_written("oscillators")
+        frames = int(steps[-1]) + 1
     raw = frames * n_nodes * 4
     assert frames == (n_frames // block + 1) * block
     assert most_buffered < chunk <= chunk + block
@@ -245,6 +248,7 @@ def test_append_keeps_memory_flat(tmp_path):
     assert rss_growth < raw / 3, f"peak RSS grew by {rss_growth / 2**20:.0f} MiB for {raw / 2**20:.0f} MiB"
     with open_trajectory(tmp_path / "big.h5") as t:
         assert t.n_frames() == frames
+        assert t.phase().chunks[0] == chunk
         np.testing.assert_array_equal(t.steps(), np.arange(frames))
         np.testing.assert_array_equal(t.phase()[-block:], base + np.float32(1e-3 * (n_frames // block)))
 
@@ -254,26 +258,14 @@ def test_writes_are_chunk_aligned_after_partial_flush(tmp_path):
         w.add_particles(
             "oscillators", n_replicas=4, n_nodes=4096, observables={"order_parameter": ((), float)}
         )
-        cf = w.chunk_frames("oscillators")
-        assert cf == 4
-        _append_range(w, "oscillators", 0, 3, 3, 4, 4096)
+        assert chunk_frames_for(4, 4 * 4096) == 4
+        assert _append_range(w, "oscillators", 0, 3, 3, 4, 4096) == 3
         w.flush()  # partial chunk: 3 frames on disk
-        assert w.buffered_frames("oscillators") == 0
-        _append_range(w, "oscillators", 3, 4, 1, 4, 4096)
-        assert w.buffered_frames("oscillators") == 0  # frame 3 completed the chunk boundary
-        _append_range(w, "oscillators", 4, 15, 11, 4, 4096)
-        assert w.buffered_frames("oscillators") == 3  # 8 frames went straight to disk, 3 wait
+        assert _append_range(w, "oscillators", 3, 4, 1, 4, 4096) == 0  # frame 3 completed the chunk boundary
+        assert _append_range(w, "oscillators", 4, 15, 11, 4, 4096) == 3  # 8 frames went to disk, 3 wait
     with open_trajectory(tmp_path / "a.h5") as t:
+        assert t.phase().chunks[0] == 4
         np.testing.assert_array_equal(t.phase()[()], _frames(0, 15, 4, 4096)[2])
-
-
-def test_flush_frames_flushes_automatically(tmp_path):
-    with TrajectoryWriter(tmp_path / "a.h5", flush_frames=10) as w:
-        w.add_particles("oscillators", n_replicas=1, n_nodes=3)
-        _append_range(w, "oscillators", 0, 9, 9, 1, 3, with_r=False)
-        assert w.buffered_frames("oscillators") == 9
-        _append_range(w, "oscillators", 9, 12, 3, 1, 3, with_r=False)
-        assert w.buffered_frames("oscillators") == 0
 
 
 @pytest.mark.parametrize("compression", ["lzf", "gzip", "none"])
@@ -364,10 +356,13 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(state.theta, theta)
     np.testing.assert_array_equal(state.velocity, -theta)
     assert state.extra["counter"] == 4
+    with open_trajectory(run) as t:
+        assert t.n_frames("oscillators") == 47
     with TrajectoryWriter(run, mode="a") as w:
-        assert w.frames_written("oscillators") == 47
         w.truncate_after(state.step)
-        assert w.frames_written("oscillators") == w.frames_written("layer_00") == 40
+    with open_trajectory(run) as t:
+        assert t.n_frames("oscillators") == t.n_frames("layer_00") == 40
+    with TrajectoryWriter(run, mode="a") as w:
         with pytest.raises(ValueError, match="steps must increase"):
             w.append("oscillators", *_frames(39, 40, 3, 40)[:3], {"order_parameter": np.zeros((1, 3))})
         _append_range(w, "oscillators", 40, 100, 5, 3, 40)
@@ -399,9 +394,9 @@ def test_resume_after_sigkill(tmp_path):
     assert proc.returncode == -9, proc.stderr
     state = read_state(run)
     with TrajectoryWriter(run, mode="a") as w:
-        w.add_particles("oscillators", n_replicas=3, n_nodes=40, observables={"order_parameter": ((), float)})
-        with pytest.raises(ValueError, match="has \\(R, N, dtype\\)"):
-            w.add_particles("oscillators", n_replicas=3, n_nodes=41)
+        assert sorted(w.groups) == ["layer_00", "oscillators"]
+        with pytest.raises(ValueError, match="already exists"):
+            w.add_particles("oscillators", n_replicas=3, n_nodes=40)
         w.truncate_after(state.step)
         _append_range(w, "oscillators", 30, 60, 5, 3, 40)
         _append_range(w, "layer_00", 30, 60, 5, 1, 4, with_r=False)
@@ -426,8 +421,7 @@ def test_sigkill_after_many_unflushed_chunks_keeps_the_checkpoint_and_resumes(tm
         w.add_particles("oscillators", n_replicas=2, n_nodes={n_nodes}, observables={{"order_parameter": ((), float)}})
         _append_range(w, "oscillators", 0, 200, 64, 2, {n_nodes})
         w.write_state(np.zeros((2, {n_nodes})), step=1990, time=9.95)
-        _append_range(w, "oscillators", 200, 3300, 64, 2, {n_nodes})
-        assert w.buffered_frames("oscillators") < 64
+        assert _append_range(w, "oscillators", 200, 3300, 64, 2, {n_nodes}) < 64
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     assert proc.returncode == -9, proc.stderr

@@ -1,0 +1,207 @@
+"""The H5MD 1.1 file layout of lotsim trajectories: names, attributes, versions, small HDF5 helpers.
+
+One self-describing HDF5 file per run::
+
+    /h5md                              version=[1,1]
+        author/                        name (fixed-length bytes)
+        creator/                       name=b"lotsim", version (fixed-length bytes)
+        modules/lotsim/                version=[0,1], phase_storage=b"unwrapped"|b"wrapped"
+    /particles/<group>/
+        box/                           dimension=1, boundary=[b"periodic"]; dataset edges=[2π]
+        phase/value   [frame, replica, node] float32|float64 (chunked on frames, resizable)
+        phase/step    [frame] int64     explicit mode, strictly increasing
+        phase/time    [frame] float64   dimension scale "time"
+        replica       [replica] int64   dimension scale "replica" (= arange)
+        node          [node] int64      dimension scale "node" (= arange)
+        <name>        node data: [node, ...] or [replica, node, ...]   (attr lotsim_kind=b"node")
+        <name>        replica data: [replica, ...]                      (attr lotsim_kind=b"replica")
+    /connectivity/<group>              [edge, 2] int64, attr particles_group -> /particles/<group>
+    /connectivity/<group>_weights      [edge] float64, attr edges -> /connectivity/<group>
+    /observables/<name>/               observables of the group "oscillators"
+    /observables/<group>/<name>/       observables of every other group (e.g. "layer_00")
+        value [frame, replica, ...extra]; step, time hard links to /particles/<group>/phase/{step,time};
+        replica hard link to /particles/<group>/replica; extra_<i> scales (= arange) for extra axes
+    /parameters                        attrs recipe_toml, seed, lotsim_version, git_commit, flat scalars;
+                                       nested dicts as subgroups (None values skipped)
+    /lotsim/state/                     resume checkpoint (:mod:`lotsim.io.resume`)
+
+Observables rule: the simulator's single group is named ``"oscillators"`` and its observables live
+where H5MD readers look first, ``/observables/<name>``; any other group (training telemetry: one group
+per layer) is namespaced as ``/observables/<group>/<name>`` (H5MD allows per-group subgroups). A name that
+would collide under this rule (an ``oscillators`` observable named like another group) is refused.
+
+Every time-dependent dataset has its dimension scales attached (static data too, for its replica/node
+axes; further axes, e.g. of ``position`` [node, dim], stay anonymous "phony" dims in netCDF tools), so
+``xarray.open_dataset(path, engine="h5netcdf", group="particles/oscillators/phase")`` yields
+``value(time, replica, node)`` with coordinates.
+
+This module imports numpy and h5py only (never torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+H5MD_VERSION = (1, 1)
+MODULE_VERSION = (0, 1)
+DEFAULT_GROUP = "oscillators"
+CHUNK_BYTES = 256 * 1024
+MAX_CHUNK_FRAMES = 4096
+GZIP_LEVEL = 4
+COMPRESSIONS = ("lzf", "gzip", "none")
+RESERVED_NAMES = {"box", "phase", "replica", "node"}
+
+
+class H5MDFormatError(ValueError):
+    """The file is missing, not HDF5, or not an H5MD 1.1 file. The message is one line naming the path."""
+
+
+def chunk_frames_for(itemsize: int, row_elements: int, target_bytes: int = CHUNK_BYTES) -> int:
+    """Frames per chunk so that a chunk is about ``target_bytes``.
+
+    Args:
+        itemsize: Bytes per element.
+        row_elements: Elements per frame (e.g. R*N).
+        target_bytes: Desired chunk size.
+
+    Returns:
+        ``clamp(target_bytes // (itemsize*row_elements), 1, 4096)``.
+    """
+    return int(min(max(target_bytes // max(itemsize * row_elements, 1), 1), MAX_CHUNK_FRAMES))
+
+
+def observable_path(name: str, group: str) -> str:
+    """Where an observable of a particles group lives (see the module docstring for the rule).
+
+    Args:
+        name: Observable name, e.g. ``"order_parameter"``.
+        group: Particles group name.
+
+    Returns:
+        ``/observables/<name>`` for the group ``"oscillators"``, ``/observables/<group>/<name>`` otherwise.
+    """
+    return f"/observables/{name}" if group == DEFAULT_GROUP else f"/observables/{group}/{name}"
+
+
+def observables_base(group: str) -> str:
+    """The HDF5 group holding a particles group's observables (``observable_path`` without the name)."""
+    return "observables" if group == DEFAULT_GROUP else f"observables/{group}"
+
+
+def fixed_string(text: str) -> np.bytes_:
+    """A fixed-length string attribute value (H5MD asks for them; a Python str would be variable-length)."""
+    return np.bytes_((text or " ").encode())  # never zero-length
+
+
+def text(value: Any) -> str:
+    """An attribute value read back as ``str``."""
+    if isinstance(value, bytes | np.bytes_):
+        return value.decode()
+    return str(value)
+
+
+def compression_kwargs(compression: str | None) -> dict[str, Any]:
+    """h5py ``create_dataset`` filter arguments for a compression name (see ``COMPRESSIONS``)."""
+    if compression is None or compression == "none":
+        return {}
+    if compression == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True}
+    raise ValueError(f"compression={compression!r} is not allowed; use one of {', '.join(COMPRESSIONS)}")
+
+
+def check_name(name: str, what: str) -> None:
+    """Refuse names that are not a single HDF5 path component."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"{what} name {name!r} is invalid: non-empty, no '/', not starting with '.'")
+
+
+def _attr_value(value: Any) -> Any:
+    """A Python/numpy parameter value in a form h5py stores as an attribute."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple):
+        arr = np.asarray(value)
+        if arr.dtype.kind in "US":
+            return np.asarray([str(v) for v in value], dtype=h5py.string_dtype())
+        if arr.dtype.kind == "O":
+            raise ValueError(f"parameter list {value!r} is ragged or mixed; cannot store it as an attribute")
+        return arr
+    return value
+
+
+def write_parameters(group: h5py.Group, params: Mapping[str, Any]) -> None:
+    """Store a nested dict as attributes (scalars, lists) and subgroups (dicts); None values are skipped."""
+    for key, value in params.items():
+        check_name(str(key), "parameter")
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            write_parameters(group.require_group(str(key)), value)
+        else:
+            group.attrs[str(key)] = _attr_value(value)
+
+
+def _python_value(value: Any) -> Any:
+    if isinstance(value, bytes | np.bytes_):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [_python_value(v) for v in value.tolist()] if value.ndim else _python_value(value.item())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_parameters(group: h5py.Group) -> dict[str, Any]:
+    """The nested dict stored by :func:`write_parameters` (HDF5 arrays come back as lists)."""
+    out: dict[str, Any] = {key: _python_value(value) for key, value in group.attrs.items()}
+    for key, child in group.items():
+        if isinstance(child, h5py.Group):
+            out[key] = read_parameters(child)
+    return out
+
+
+def make_scale(group: h5py.Group, name: str, data: np.ndarray) -> h5py.Dataset:
+    """Create ``group/name`` holding ``data`` and make it a dimension scale named ``name``."""
+    ds = group.create_dataset(name, data=data)
+    ds.make_scale(name)
+    return ds
+
+
+def attach_scales(ds: h5py.Dataset, scales: list[h5py.Dataset]) -> None:
+    """Attach one scale per leading axis of ``ds`` and label the axis with the scale's name."""
+    for axis, scale in enumerate(scales):
+        ds.dims[axis].attach_scale(scale)
+        ds.dims[axis].label = scale.name.rsplit("/", 1)[-1]
+
+
+def open_h5md(path: str | Path, mode: str = "r") -> h5py.File:
+    """Open an existing H5MD 1.1 file, or raise H5MDFormatError with one line naming the path."""
+    path = Path(path)
+    if not path.exists():
+        raise H5MDFormatError(f"{path}: no such file")
+    if path.is_dir() or not h5py.is_hdf5(path):
+        raise H5MDFormatError(f"{path}: not an HDF5 file")
+    try:
+        f = h5py.File(path, mode)
+    except OSError as err:
+        if "unable to lock file" in str(err):
+            raise H5MDFormatError(
+                f"{path}: locked by another process (is its writer still running?)"
+            ) from err
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise H5MDFormatError(f"{path}: cannot open HDF5 file ({msg})") from err
+    if "h5md" not in f or not isinstance(f["h5md"], h5py.Group):
+        f.close()
+        raise H5MDFormatError(f"{path}: HDF5 file has no /h5md group; not an H5MD trajectory")
+    version = tuple(int(v) for v in np.ravel(f["h5md"].attrs.get("version", [])))
+    if version != H5MD_VERSION:
+        f.close()
+        raise H5MDFormatError(f"{path}: H5MD version {list(version)} is not supported; need [1, 1]")
+    return f
