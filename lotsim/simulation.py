@@ -130,24 +130,16 @@ def build_system(recipe: SimulationRecipe) -> tuple[Lattice, KuramotoSystem, np.
     if init.kind == "file":
         if init.file is None:
             raise ValueError("initial.kind = 'file' needs initial.file (.npy, .txt or a lotsim .h5 run)")
-        if Path(init.file).suffix in (".h5", ".hdf5"):
-            theta0 = read_state(init.file).theta
-            if theta0.shape[-1] != lattice.n:
-                raise ValueError(f"run {init.file!r} has {theta0.shape[-1]} nodes, the lattice has {lattice.n}")
-            theta0 = theta0[-1] if theta0.shape[0] != couplings.shape[0] else theta0
-            theta0 = np.broadcast_to(theta0, (couplings.shape[0], lattice.n)).copy()
+        if _is_run(init.file):
+            theta0 = _rows_of_run(read_state(init.file).theta, init.file, couplings.shape[0], lattice.n)
         else:
             theta0 = load_phases(init.file, lattice.n, couplings.shape[0])
     else:
         per_seed = np.stack([initial_phases(lattice, init.kind, seed=int(s), twist=init.twist) for s in seeds_per])
         theta0 = np.tile(per_seed, (values.shape[0], 1))
     omega = np.tile(omega_per_seed, (values.shape[0], 1))
-    if recipe.shard is not None:
-        index, count = parse_shard(recipe.shard)
-        if count > couplings.shape[0]:
-            raise ValueError(f"shard {recipe.shard!r}: {count} shards for only {couplings.shape[0]} replicas")
-        keep = np.array_split(np.arange(couplings.shape[0]), count)[index]
-        theta0, omega, couplings, seeds = theta0[keep], omega[keep], couplings[keep], seeds[keep]
+    keep = _shard_rows(recipe, couplings.shape[0])
+    theta0, omega, couplings, seeds = theta0[keep], omega[keep], couplings[keep], seeds[keep]
 
     dtype = getattr(torch, dyn.dtype)
     device = torch.device(dyn.device)
@@ -160,6 +152,44 @@ def build_system(recipe: SimulationRecipe) -> tuple[Lattice, KuramotoSystem, np.
         noise=dyn.noise, inertia=dyn.inertia,
     )
     return lattice, system, theta0, couplings, seeds
+
+
+def initial_velocity(recipe: SimulationRecipe, n: int) -> np.ndarray | None:
+    """Velocities (b, n) that ``--init RUN.h5`` carries into inertial dynamics; None: start at rest.
+
+    The rows are chosen as for the phases (see :func:`build_system`): the run's own rows when it has as
+    many replicas, else its last row for every replica; then the recipe's shard.
+    """
+    init = recipe.initial
+    if recipe.dynamics.inertia == 0 or init.kind != "file" or not _is_run(init.file):
+        return None
+    velocity = read_state(init.file).velocity
+    if velocity is None:  # a run without inertia ends at rest
+        return None
+    rows = len(parse_couplings(recipe.dynamics.coupling)) * recipe.replicas
+    return _rows_of_run(velocity, init.file, rows, n)[_shard_rows(recipe, rows)]
+
+
+def _is_run(file: str | None) -> bool:
+    return file is not None and Path(file).suffix in (".h5", ".hdf5")
+
+
+def _rows_of_run(state: np.ndarray, file: str, rows: int, n: int) -> np.ndarray:
+    """A stored run's state (r, n) as (rows, n): its own rows if r == rows, else its last row for each."""
+    if state.shape[-1] != n:
+        raise ValueError(f"run {file!r} has {state.shape[-1]} nodes, the lattice has {n}")
+    state = state[-1] if state.shape[0] != rows else state
+    return np.broadcast_to(state, (rows, n)).copy()
+
+
+def _shard_rows(recipe: SimulationRecipe, rows: int) -> slice | np.ndarray:
+    """The replica rows of the recipe's shard (all rows without one)."""
+    if recipe.shard is None:
+        return slice(None)
+    index, count = parse_shard(recipe.shard)
+    if count > rows:
+        raise ValueError(f"shard {recipe.shard!r}: {count} shards for only {rows} replicas")
+    return np.array_split(np.arange(rows), count)[index]
 
 
 def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -212,15 +242,19 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
         )
         writer.add_particles(
             GROUP, n_replicas=couplings.shape[0], n_nodes=lattice.n, dtype=store_dtype,
-            node_data={"natural_frequency": system.omega.cpu().numpy(), "position": lattice.positions,
-                       "id": np.arange(lattice.n)},
+            node_data={"natural_frequency": system.omega.cpu().numpy(), "id": np.arange(lattice.n),
+                       # graphs without geometry (complete, random graphs) store no coordinates
+                       **({"lattice_position": lattice.positions} if lattice.positions.shape[1] else {})},
             replica_data={"coupling": couplings, "seed": seeds},
             # the complete graph's n(n-1) edges stay implicit (the recipe names the topology)
             edges=None if lattice.edges is None else np.stack([lattice.senders, lattice.receivers], axis=1),
             weights=None if lattice.edges is None else lattice.weights,
             observables={"order_parameter": ((), np.float64), "mean_phase": ((), np.float64)},
         )
-        state = integrator.init_fn(torch.as_tensor(theta0, dtype=dtype, device=dyn.device))
+        velocity0 = initial_velocity(recipe, lattice.n)
+        state = integrator.init_fn(torch.as_tensor(theta0, dtype=dtype, device=dyn.device),
+                                   None if velocity0 is None else
+                                   torch.as_tensor(velocity0, dtype=dtype, device=dyn.device))
         _record(writer, state, dyn.dt)  # the initial frame, then a checkpoint
         _checkpoint(writer, state, dyn.dt)
 

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from lotsim.io.layout import DEFAULT_GROUP, H5MDFormatError, chunk_frames_for, observable_path
+from lotsim.io.layout import DEFAULT_GROUP, H5MDFormatError, OutputExistsError, chunk_frames_for, observable_path
 from lotsim.io.reader import Trajectory, open_trajectory
 from lotsim.io.resume import ResumeState, read_state
 from lotsim.io.writer import TrajectoryWriter
@@ -14,6 +14,7 @@ from lotsim.io.writer import TrajectoryWriter
 __all__ = [
     "DEFAULT_GROUP",
     "H5MDFormatError",
+    "OutputExistsError",
     "ResumeState",
     "Trajectory",
     "TrajectoryWriter",

@@ -1,39 +1,53 @@
 """The H5MD 1.1 file layout of lotsim trajectories: names, attributes, versions, small HDF5 helpers.
 
-One self-describing HDF5 file per run::
+One self-describing HDF5 file per run (R replicas of N oscillators, ``frame`` the time axis)::
 
     /h5md                              version=[1,1]
         author/                        name (fixed-length bytes)
         creator/                       name=b"lotsim", version (fixed-length bytes)
-        modules/lotsim/                version=[0,1], phase_storage=b"unwrapped"|b"wrapped"
-    /particles/<group>/
+        modules/lotsim/                version=[0,2] (the file format), phase_storage=b"unwrapped"|b"wrapped"
+    /particles/<group>/                N particles = the oscillators (nodes)
         box/                           dimension=1, boundary=[b"periodic"]; dataset edges=[2π]
-        phase/value   [frame, replica, node] float32|float64 (chunked on frames, resizable)
+        phase/value   [frame, node, replica] float32|float64, attr unit=b"rad" (chunked on frames)
         phase/step    [frame] int64     explicit mode, strictly increasing
         phase/time    [frame] float64   dimension scale "time"
-        replica       [replica] int64   dimension scale "replica" (= arange)
         node          [node] int64      dimension scale "node" (= arange)
-        <name>        node data: [node, ...] or [replica, node, ...]   (attr lotsim_kind=b"node")
-        <name>        replica data: [replica, ...]                      (attr lotsim_kind=b"replica")
-    /connectivity/<group>              [edge, 2] int64, attr particles_group -> /particles/<group>
-    /connectivity/<group>_weights      [edge] float64, attr edges -> /connectivity/<group>
+        <name>        node data [node, ...] or [node, replica, ...]   (attr lotsim_kind=b"node")
+        replica       [replica] int64   dimension scale "replica" (= arange)          lotsim extension
+        <name>        replica data [replica, ...]   (attr lotsim_kind=b"replica")    lotsim extension
+        <name>_axis<i>  dimension scale (= arange) of any further axis of static data
+    /connectivity/<group>              [edge, 2] int64 tuples (sender, receiver), attr particles_group
     /observables/<name>/               observables of the group "oscillators"
     /observables/<group>/<name>/       observables of every other group (e.g. "layer_00")
         value [frame, replica, ...extra]; step, time hard links to /particles/<group>/phase/{step,time};
         replica hard link to /particles/<group>/replica; extra_<i> scales (= arange) for extra axes
     /parameters                        attrs recipe_toml, seed, lotsim_version, git_commit, flat scalars;
                                        nested dicts as subgroups (None values skipped)
+    /lotsim/edge_weights/<group>       [edge] float64 weights of /connectivity/<group> (attr edges -> it)
     /lotsim/state/                     resume checkpoint (:mod:`lotsim.io.resume`)
+
+H5MD conformance: in a particles group the particle index is the second axis of a time-dependent
+``value`` and the first axis of static data; connectivity holds only particle tuples with
+``particles_group``; units are the attribute ``unit``. The replica axis (a batch of independent
+systems: couplings x seeds) is a lotsim extension: per-replica data and its ``replica`` scale are
+tagged ``lotsim_kind = "replica"``; edge weights, which are not particle tuples, live under ``/lotsim``.
+In memory lotsim holds arrays replica before node ([frame, R, N], [R, N]); the writer and the reader
+translate, so callers never see the file's axis order.
 
 Observables rule: the simulator's single group is named ``"oscillators"`` and its observables live
 where H5MD readers look first, ``/observables/<name>``; any other group (training telemetry: one group
 per layer) is namespaced as ``/observables/<group>/<name>`` (H5MD allows per-group subgroups). A name that
 would collide under this rule (an ``oscillators`` observable named like another group) is refused.
 
-Every time-dependent dataset has its dimension scales attached (static data too, for its replica/node
-axes; further axes, e.g. of ``position`` [node, dim], stay anonymous "phony" dims in netCDF tools), so
-``xarray.open_dataset(path, engine="h5netcdf", group="particles/oscillators/phase")`` yields
-``value(time, replica, node)`` with coordinates.
+Every axis of every dataset has a dimension scale attached (netCDF tools refuse a dataset that mixes
+named and anonymous axes), so ``xarray.open_dataset(path, engine="h5netcdf",
+group="particles/oscillators/phase")`` yields ``value(time, node, replica)`` with coordinates, and the
+particles group opens the same way.
+
+Format history: 0.1 stored ``phase/value`` as [frame, replica, node], per-replica node data as
+[replica, node], the unit attribute as ``units``, the lattice coordinates as ``position`` and the edge
+weights as ``/connectivity/<group>_weights``. The reader still reads such files (it finds the axis order
+from the dimension labels), and the writer resumes them in their own layout.
 
 This module imports numpy and h5py only (never torch).
 """
@@ -48,17 +62,23 @@ import h5py
 import numpy as np
 
 H5MD_VERSION = (1, 1)
-MODULE_VERSION = (0, 1)
+MODULE_VERSION = (0, 2)
+"""lotsim's file format version (``/h5md/modules/lotsim`` attribute ``version``)."""
 DEFAULT_GROUP = "oscillators"
 CHUNK_BYTES = 256 * 1024
 MAX_CHUNK_FRAMES = 4096
 GZIP_LEVEL = 4
 COMPRESSIONS = ("lzf", "gzip", "none")
 RESERVED_NAMES = {"box", "phase", "replica", "node"}
+EDGE_WEIGHTS = "lotsim/edge_weights"
 
 
 class H5MDFormatError(ValueError):
     """The file is missing, not HDF5, or not an H5MD 1.1 file. The message is one line naming the path."""
+
+
+class OutputExistsError(FileExistsError, ValueError):
+    """The output file exists, or another process is writing it. The message is one line naming the path."""
 
 
 def chunk_frames_for(itemsize: int, row_elements: int, target_bytes: int = CHUNK_BYTES) -> int:
@@ -181,6 +201,19 @@ def attach_scales(ds: h5py.Dataset, scales: list[h5py.Dataset]) -> None:
         ds.dims[axis].label = scale.name.rsplit("/", 1)[-1]
 
 
+def particle_axis(ds: h5py.Dataset) -> int | None:
+    """The axis of ``ds`` labelled ``node`` (the particle index), or None."""
+    labels = [dim.label for dim in ds.dims]
+    return labels.index("node") if "node" in labels else None
+
+
+def module_version(f: h5py.File) -> tuple[int, int]:
+    """lotsim's file format version of an open file (``(0, 1)`` for files that predate the attribute)."""
+    module = f.get("h5md/modules/lotsim")
+    version = tuple(int(v) for v in np.ravel(module.attrs.get("version", [0, 1]))) if module is not None else ()
+    return version if len(version) == 2 else (0, 1)
+
+
 def open_h5md(path: str | Path, mode: str = "r") -> h5py.File:
     """Open an existing H5MD 1.1 file, or raise H5MDFormatError with one line naming the path."""
     path = Path(path)
@@ -204,4 +237,9 @@ def open_h5md(path: str | Path, mode: str = "r") -> h5py.File:
     if version != H5MD_VERSION:
         f.close()
         raise H5MDFormatError(f"{path}: H5MD version {list(version)} is not supported; need [1, 1]")
+    if module_version(f) > MODULE_VERSION:
+        fmt = ".".join(map(str, module_version(f)))
+        f.close()
+        raise H5MDFormatError(f"{path}: lotsim file format {fmt} is newer than this lotsim reads "
+                              f"({'.'.join(map(str, MODULE_VERSION))}); upgrade lotsim")
     return f

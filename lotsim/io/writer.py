@@ -13,18 +13,26 @@ survives a crash). The layout is described in :mod:`lotsim.io.layout`.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks to respect
+    fcntl = None
+
 from lotsim.io.layout import (
     DEFAULT_GROUP,
+    EDGE_WEIGHTS,
     H5MD_VERSION,
     MAX_CHUNK_FRAMES,
     MODULE_VERSION,
     RESERVED_NAMES,
+    OutputExistsError,
     attach_scales,
     check_name,
     chunk_frames_for,
@@ -34,6 +42,7 @@ from lotsim.io.layout import (
     observable_path,
     observables_base,
     open_h5md,
+    particle_axis,
     write_parameters,
 )
 from lotsim.io.resume import store_state
@@ -65,8 +74,12 @@ class _FrameSeries:
         self.time: h5py.Dataset = phase["time"]
         self.obs = observables
         self.chunk_frames = cf = int(self.value.chunks[0])
-        _, self.n_replicas, self.n_nodes = self.value.shape
-        self.buf_phase = np.empty((cf, self.n_replicas, self.n_nodes), dtype=self.value.dtype)
+        # [frame, node, replica] (H5MD: particle index second); a file of format 0.1 resumed in its own
+        # [frame, replica, node] layout
+        self.node_major = particle_axis(self.value) == 1
+        _, a, b = self.value.shape
+        self.n_nodes, self.n_replicas = (a, b) if self.node_major else (b, a)
+        self.buf_phase = np.empty((cf, a, b), dtype=self.value.dtype)
         self.buf_step = np.empty(cf, dtype=np.int64)
         self.buf_time = np.empty(cf, dtype=np.float64)
         self.buf_obs = {k: np.empty((cf, *ds.shape[1:]), dtype=ds.dtype) for k, ds in observables.items()}
@@ -94,7 +107,8 @@ class _FrameSeries:
             room = self.chunk_frames - self.n_disk % self.chunk_frames - self.n_buf  # to the chunk boundary
             take = min(room, k - i)
             b0, b1 = self.n_buf, self.n_buf + take
-            self.buf_phase[b0:b1] = phase[i : i + take]
+            rows = phase[i : i + take]  # [take, R, N]
+            self.buf_phase[b0:b1] = rows.transpose(0, 2, 1) if self.node_major else rows
             self.buf_step[b0:b1] = steps[i : i + take]
             self.buf_time[b0:b1] = times[i : i + take]
             for name, v in obs.items():
@@ -177,9 +191,7 @@ class TrajectoryWriter:
         self._filters = compression_kwargs(compression)
         self._series: dict[str, _FrameSeries] = {}
         if mode == "w":
-            if self.path.exists() and not overwrite:
-                raise FileExistsError(f"{self.path}: file exists; pass overwrite=True to replace it")
-            self._file = h5py.File(self.path, "w")
+            self._file = _create(self.path, overwrite)
             self._write_header(parameters, recipe_toml, seed, author, lotsim_version, git_commit, unwrapped)
         elif mode == "a":
             if not self.path.exists():
@@ -242,6 +254,9 @@ class TrajectoryWriter:
             observables: ``name -> (extra_shape, dtype)``; values are [frame, R, *extra_shape], sampled on
                 the phase's frames (e.g. ``{"order_parameter": ((), np.float64)}``).
 
+        Arrays are given replica before node, as lotsim holds them in memory; the file stores them with
+        the particle (node) index first, as H5MD asks (see :mod:`lotsim.io.layout`).
+
         Raises:
             ValueError: Bad shapes or names, a name collision, or a group that already exists.
         """
@@ -276,13 +291,13 @@ class TrajectoryWriter:
         phase = particles.create_group("phase")
         value = phase.create_dataset(
             "value",
-            shape=(0, n_replicas, n_nodes),
+            shape=(0, n_nodes, n_replicas),
             dtype=dtype,
-            maxshape=(None, n_replicas, n_nodes),
-            chunks=(cf, n_replicas, n_nodes),
+            maxshape=(None, n_nodes, n_replicas),
+            chunks=(cf, n_nodes, n_replicas),
             **self._filters,
         )
-        value.attrs["units"] = "rad"
+        value.attrs["unit"] = "rad"
         column_chunk = _multiple_chunk(cf, 8)
         step = phase.create_dataset(
             "step", shape=(0,), dtype=np.int64, maxshape=(None,), chunks=(column_chunk,), **self._filters
@@ -294,25 +309,24 @@ class TrajectoryWriter:
         # replica/node scales live in the particles group so that its static data can share them too.
         replica = make_scale(particles, "replica", np.arange(n_replicas, dtype=np.int64))
         node = make_scale(particles, "node", np.arange(n_nodes, dtype=np.int64))
-        attach_scales(value, [time, replica, node])
+        attach_scales(value, [time, node, replica])
         attach_scales(step, [time])
 
         for name, arr in node_data.items():
-            ds = particles.create_dataset(name, data=arr)
-            ds.attrs["lotsim_kind"] = fixed_string("node")
-            attach_scales(ds, [replica, node] if ds.shape[:2] == (n_replicas, n_nodes) else [node])
+            arr = np.asarray(arr)
+            per_replica = arr.shape[:2] == (n_replicas, n_nodes)
+            if per_replica:
+                arr = np.ascontiguousarray(arr.swapaxes(0, 1))  # particle index first: [N, R, ...]
+            self._static(particles, name, arr, "node", [node, replica] if per_replica else [node])
         for name, arr in replica_data.items():
-            ds = particles.create_dataset(name, data=arr)
-            ds.attrs["lotsim_kind"] = fixed_string("replica")
-            attach_scales(ds, [replica])
+            self._static(particles, name, np.asarray(arr), "replica", [replica])
         if edges is not None:
             conn = f.require_group("connectivity")
             e = conn.create_dataset(group, data=np.asarray(edges, dtype=np.int64))
             e.attrs["particles_group"] = particles.ref
             if weights is not None:
-                conn.create_dataset(f"{group}_weights", data=np.asarray(weights, dtype=np.float64)).attrs[
-                    "edges"
-                ] = e.ref
+                w = f.require_group(EDGE_WEIGHTS).create_dataset(group, data=np.asarray(weights, np.float64))
+                w.attrs["edges"] = e.ref
 
         obs_values: dict[str, h5py.Dataset] = {}
         for name, (extra, odtype) in observables.items():
@@ -333,6 +347,17 @@ class TrajectoryWriter:
             attach_scales(ov, [time, replica, *extras])
             obs_values[name] = ov
         self._series[group] = _FrameSeries(phase, obs_values)
+
+    @staticmethod
+    def _static(particles: h5py.Group, name: str, arr: np.ndarray, kind: str, scales: list[h5py.Dataset]):
+        """Store static data with every axis named: the given scales, then ``<name>_axis<i>`` scales."""
+        ds = particles.create_dataset(name, data=arr)
+        ds.attrs["lotsim_kind"] = fixed_string(kind)
+        extra = [
+            make_scale(particles, f"{name}_axis{axis}", np.arange(ds.shape[axis], dtype=np.int64))
+            for axis in range(len(scales), ds.ndim)
+        ]
+        attach_scales(ds, [*scales, *extra])
 
     def _reopen_groups(self) -> None:
         for group, particles in self._file.get("particles", {}).items():
@@ -475,6 +500,45 @@ class TrajectoryWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _create(path: Path, overwrite: bool) -> h5py.File:
+    """Create a new file at ``path``, never truncating one that another process has open.
+
+    ``overwrite`` removes an existing file only after taking the lock HDF5 writers hold (an exclusive
+    ``flock``), so a file that a running writer holds is refused, untouched; the new file is then created
+    exclusively, so of two writers started on the same path at once exactly one wins.
+    """
+    if path.is_dir():
+        raise OutputExistsError(f"{path}: is a directory; give a file path")
+    if path.exists():
+        if not overwrite:
+            raise OutputExistsError(f"{path}: file exists; pass overwrite=True to replace it")
+        _remove_unless_locked(path)
+    try:
+        return h5py.File(path, "w-")
+    except FileExistsError:
+        raise OutputExistsError(
+            f"{path}: another process created this file just now (two runs writing the same output?)"
+        ) from None
+
+
+def _remove_unless_locked(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutputExistsError(
+                    f"{path}: another process is writing this file (a running lotsim run?); not replaced"
+                ) from None
+        os.unlink(path)  # under the lock: no writer can open the old file in between
+    finally:
+        os.close(fd)
 
 
 def _multiple_chunk(phase_chunk: int, row_bytes: int) -> int:
