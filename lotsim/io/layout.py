@@ -54,12 +54,18 @@ This module imports numpy and h5py only (never torch).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks to respect
+    fcntl = None
 
 H5MD_VERSION = (1, 1)
 MODULE_VERSION = (0, 2)
@@ -187,6 +193,37 @@ def read_parameters(group: h5py.Group) -> dict[str, Any]:
     return out
 
 
+def validate_static(group, n_replicas, n_nodes, node_data, replica_data, edges, weights) -> None:
+    """Refuse static data of a particles group whose names or shapes break the layout (arrays in memory order)."""
+    names = [*node_data, *replica_data]
+    if len(set(names)) != len(names):
+        raise ValueError(f"group {group!r}: node_data and replica_data share names {sorted(names)}")
+    for name in names:
+        check_name(name, "data")
+        if name in RESERVED_NAMES:
+            raise ValueError(f"group {group!r}: data name {name!r} is reserved ({sorted(RESERVED_NAMES)})")
+    for name, arr in node_data.items():
+        shape = np.shape(arr)
+        if not (shape[:1] == (n_nodes,) or shape[:2] == (n_replicas, n_nodes)):
+            raise ValueError(
+                f"node_data[{name!r}] has shape {shape}; need [N={n_nodes}, ...] or "
+                f"[R={n_replicas}, N={n_nodes}, ...]"
+            )
+    for name, arr in replica_data.items():
+        if np.shape(arr)[:1] != (n_replicas,):
+            raise ValueError(f"replica_data[{name!r}] has shape {np.shape(arr)}; need [R={n_replicas}, ...]")
+    if edges is not None:
+        e = np.asarray(edges)
+        if e.ndim != 2 or e.shape[1] != 2 or e.dtype.kind not in "iu":
+            raise ValueError(f"edges must be an integer array [E, 2]; got {e.dtype} {e.shape}")
+        if e.size and (e.min() < 0 or e.max() >= n_nodes):
+            raise ValueError(f"edges hold node indices outside [0, {n_nodes})")
+        if weights is not None and np.shape(weights) != (len(e),):
+            raise ValueError(f"weights has shape {np.shape(weights)}; need [E={len(e)}]")
+    elif weights is not None:
+        raise ValueError("weights given without edges")
+
+
 def make_scale(group: h5py.Group, name: str, data: np.ndarray) -> h5py.Dataset:
     """Create ``group/name`` holding ``data`` and make it a dimension scale named ``name``."""
     ds = group.create_dataset(name, data=data)
@@ -243,3 +280,42 @@ def open_h5md(path: str | Path, mode: str = "r") -> h5py.File:
         raise H5MDFormatError(f"{path}: lotsim file format {fmt} is newer than this lotsim reads "
                               f"({'.'.join(map(str, MODULE_VERSION))}); upgrade lotsim")
     return f
+
+
+def create_h5md(path: Path, overwrite: bool) -> h5py.File:
+    """Create a new file at ``path``, never truncating one that another process has open.
+
+    ``overwrite`` removes an existing file only after taking the lock HDF5 writers hold (an exclusive
+    ``flock``), so a file that a running writer holds is refused, untouched; the new file is then created
+    exclusively, so of two writers started on the same path at once exactly one wins.
+    """
+    if path.is_dir():
+        raise OutputExistsError(f"{path}: is a directory; give a file path")
+    if path.exists():
+        if not overwrite:
+            raise OutputExistsError(f"{path}: file exists; pass overwrite=True to replace it")
+        _remove_unless_locked(path)
+    try:
+        return h5py.File(path, "w-")
+    except FileExistsError:
+        raise OutputExistsError(
+            f"{path}: another process created this file just now (two runs writing the same output?)"
+        ) from None
+
+
+def _remove_unless_locked(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutputExistsError(
+                    f"{path}: another process is writing this file (a running lotsim run?); not replaced"
+                ) from None
+        os.unlink(path)  # under the lock: no writer can open the old file in between
+    finally:
+        os.close(fd)

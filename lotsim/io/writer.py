@@ -7,23 +7,18 @@ means every frame appended so far is on disk (the simulator checkpoints only the
 writes a partial chunk and flushes the file; ``write_state`` flushes and stores the resume checkpoint
 (:mod:`lotsim.io.resume`). A run killed afterwards leaves a readable file holding every frame up to the
 last flush (the file is written without ``libver="latest"`` so no "file is open for writing" flag
-survives a crash). The layout is described in :mod:`lotsim.io.layout`.
+survives a crash). A new file never replaces one that another process is writing
+(:func:`lotsim.io.layout.create_h5md`). The layout is described in :mod:`lotsim.io.layout`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no advisory locks to respect
-    fcntl = None
 
 from lotsim.io.layout import (
     DEFAULT_GROUP,
@@ -31,18 +26,18 @@ from lotsim.io.layout import (
     H5MD_VERSION,
     MAX_CHUNK_FRAMES,
     MODULE_VERSION,
-    RESERVED_NAMES,
-    OutputExistsError,
     attach_scales,
     check_name,
     chunk_frames_for,
     compression_kwargs,
+    create_h5md,
     fixed_string,
     make_scale,
     observable_path,
     observables_base,
     open_h5md,
     particle_axis,
+    validate_static,
     write_parameters,
 )
 from lotsim.io.resume import store_state
@@ -191,7 +186,7 @@ class TrajectoryWriter:
         self._filters = compression_kwargs(compression)
         self._series: dict[str, _FrameSeries] = {}
         if mode == "w":
-            self._file = _create(self.path, overwrite)
+            self._file = create_h5md(self.path, overwrite)
             self._write_header(parameters, recipe_toml, seed, author, lotsim_version, git_commit, unwrapped)
         elif mode == "a":
             if not self.path.exists():
@@ -272,7 +267,7 @@ class TrajectoryWriter:
         node_data, replica_data = dict(node_data or {}), dict(replica_data or {})
         if f"particles/{group}" in self._file:
             raise ValueError(f"particles group {group!r} already exists in {self.path}")
-        _validate_static(group, n_replicas, n_nodes, node_data, replica_data, edges, weights)
+        validate_static(group, n_replicas, n_nodes, node_data, replica_data, edges, weights)
         for name in observables:
             check_name(name, "observable")
             if observable_path(name, group) in self._file:
@@ -502,76 +497,7 @@ class TrajectoryWriter:
         self.close()
 
 
-def _create(path: Path, overwrite: bool) -> h5py.File:
-    """Create a new file at ``path``, never truncating one that another process has open.
-
-    ``overwrite`` removes an existing file only after taking the lock HDF5 writers hold (an exclusive
-    ``flock``), so a file that a running writer holds is refused, untouched; the new file is then created
-    exclusively, so of two writers started on the same path at once exactly one wins.
-    """
-    if path.is_dir():
-        raise OutputExistsError(f"{path}: is a directory; give a file path")
-    if path.exists():
-        if not overwrite:
-            raise OutputExistsError(f"{path}: file exists; pass overwrite=True to replace it")
-        _remove_unless_locked(path)
-    try:
-        return h5py.File(path, "w-")
-    except FileExistsError:
-        raise OutputExistsError(
-            f"{path}: another process created this file just now (two runs writing the same output?)"
-        ) from None
-
-
-def _remove_unless_locked(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise OutputExistsError(
-                    f"{path}: another process is writing this file (a running lotsim run?); not replaced"
-                ) from None
-        os.unlink(path)  # under the lock: no writer can open the old file in between
-    finally:
-        os.close(fd)
-
-
 def _multiple_chunk(phase_chunk: int, row_bytes: int) -> int:
     # Chunks of small per-frame datasets hold a whole number of phase chunks (aligned writes), ~256 KiB.
     frames = chunk_frames_for(1, row_bytes)
     return max(phase_chunk, frames // phase_chunk * phase_chunk)
-
-
-def _validate_static(group, n_replicas, n_nodes, node_data, replica_data, edges, weights) -> None:
-    names = [*node_data, *replica_data]
-    if len(set(names)) != len(names):
-        raise ValueError(f"group {group!r}: node_data and replica_data share names {sorted(names)}")
-    for name in names:
-        check_name(name, "data")
-        if name in RESERVED_NAMES:
-            raise ValueError(f"group {group!r}: data name {name!r} is reserved ({sorted(RESERVED_NAMES)})")
-    for name, arr in node_data.items():
-        shape = np.shape(arr)
-        if not (shape[:1] == (n_nodes,) or shape[:2] == (n_replicas, n_nodes)):
-            raise ValueError(
-                f"node_data[{name!r}] has shape {shape}; need [N={n_nodes}, ...] or "
-                f"[R={n_replicas}, N={n_nodes}, ...]"
-            )
-    for name, arr in replica_data.items():
-        if np.shape(arr)[:1] != (n_replicas,):
-            raise ValueError(f"replica_data[{name!r}] has shape {np.shape(arr)}; need [R={n_replicas}, ...]")
-    if edges is not None:
-        e = np.asarray(edges)
-        if e.ndim != 2 or e.shape[1] != 2 or e.dtype.kind not in "iu":
-            raise ValueError(f"edges must be an integer array [E, 2]; got {e.dtype} {e.shape}")
-        if e.size and (e.min() < 0 or e.max() >= n_nodes):
-            raise ValueError(f"edges hold node indices outside [0, {n_nodes})")
-        if weights is not None and np.shape(weights) != (len(e),):
-            raise ValueError(f"weights has shape {np.shape(weights)}; need [E={len(e)}]")
-    elif weights is not None:
-        raise ValueError("weights given without edges")
