@@ -98,6 +98,14 @@ class _FrameSeries:
 
     def append(self, steps: np.ndarray, times: np.ndarray, phase: np.ndarray, obs: dict[str, np.ndarray]):
         k, i = len(steps), 0
+        if k == 1 and self.n_buf + 1 < self.chunk_frames - self.n_disk % self.chunk_frames:
+            j = self.n_buf  # one frame that does not complete the chunk (the simulator's case): no slicing
+            self.buf_phase[j] = phase[0].T if self.node_major else phase[0]
+            self.buf_step[j], self.buf_time[j] = steps[0], times[0]
+            for name, v in obs.items():
+                self.buf_obs[name][j] = v[0]
+            self.n_buf, self.last_step = j + 1, int(steps[0])
+            return
         while i < k:
             room = self.chunk_frames - self.n_disk % self.chunk_frames - self.n_buf  # to the chunk boundary
             take = min(room, k - i)
@@ -413,16 +421,15 @@ class TrajectoryWriter:
                 f"group {group!r}: need steps [k], times [k], phase [k, {s.n_replicas}, "
                 f"{s.n_nodes}]; got {steps.shape}, {times.shape}, {phase.shape}"
             )
-        observables = dict(observables or {})
+        observables = observables or {}
         if observables.keys() != s.obs.keys():
             raise ValueError(
                 f"group {group!r}: observables given {sorted(observables)}, declared {sorted(s.obs)}"
             )
+        observables = {name: np.asarray(v) for name, v in observables.items()}
         for name, v in observables.items():
-            v = observables[name] = np.asarray(v)
-            need = (k, *s.buf_obs[name].shape[1:])  # the buffer's shape: no HDF5 query per call
-            if v.shape != need:
-                raise ValueError(f"observable {name!r}: shape {v.shape}, need {need}")
+            if v.shape[0] != k or v.shape[1:] != s.buf_obs[name].shape[1:]:  # no HDF5 query per call
+                raise ValueError(f"observable {name!r}: shape {v.shape}, need {(k, *s.buf_obs[name].shape[1:])}")
         if k == 0:
             return s.n_buf
         if steps.dtype.kind not in "iu":
