@@ -730,7 +730,8 @@ def _everything(t):
             "steps": t.steps, "times": t.times, "natural_frequency": t.node_data("natural_frequency"),
             "lattice_position": t.node_data("lattice_position"), "coupling": t.replica_data("coupling"),
             "edges": edges, "weights": weights, "order_parameter": t.observable("order_parameter")[()],
-            "mean_phase": t.observable("mean_phase")[()], "blocks": np.concatenate([b for _, b in t.iter_frames()])}
+            "mean_phase": t.observable("mean_phase")[()], "blocks": np.concatenate([b for _, b in t.iter_frames()]),
+            "array": np.asarray(t.phase, dtype=np.float64), "ellipsis": t.phase[..., 0], "frames": t.phase[[0, 2]]}
 
 
 def test_the_python_example_of_docs_formats_runs(tmp_path, monkeypatch, capsys):

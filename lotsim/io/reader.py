@@ -52,6 +52,10 @@ class PhaseView:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self[()]
+        return data if dtype is None else data.astype(dtype, copy=False)
+
     def __getitem__(self, key: Any) -> np.ndarray:
         if not self._swap:
             return self.dataset[key]
