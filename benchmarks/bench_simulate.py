@@ -22,7 +22,7 @@ What is measured (design note performance.md, section 1):
   every array allocation mapped (see ``peak_memory``; Linux only), i.e. what the run itself allocates,
   whichever allocator (numpy, torch, numba buffers) made it;
 - batched sweeps: B couplings in one run vs B runs of one coupling;
-- the cost of writing a trajectory (H5MD through ``lotsim.io.h5md``, chunked appends, float32 frames)
+- the cost of writing a trajectory (H5MD through ``lotsim.io``, chunked appends, float32 frames)
   for several ``save_every``, and the same through ``lotsim simulate``'s own runner (``measure_run_io``).
 
 Timings on shared machines drift: compare the ratios measured side by side in one run; the JSON keeps
@@ -406,15 +406,15 @@ def measure_memory_flat(spec: dict, steps: tuple[int, ...], log=print) -> list[d
 
 def measure_io(spec: dict, steps: int, save_every: tuple[int, ...], repeats: int, log=print) -> list[dict]:
     """Integrate ``steps`` with the numba backend, writing a frame every ``save_every`` steps to H5MD
-    (``lotsim.io.h5md.TrajectoryWriter``: chunks of ~256 KiB, lzf, float32 phases + the order parameter).
+    (``lotsim.io.TrajectoryWriter``: chunks of ~256 KiB, lzf, float32 phases + the order parameter).
 
     Two ways to get the frame's order parameter: numpy on the phases, and lotsim's torch
     ``order_parameter`` as the simulation runner records it (torch threads as set for the benchmark).
     """
     try:
-        from lotsim.io.h5md import TrajectoryWriter
+        from lotsim.io import TrajectoryWriter
     except ImportError:
-        log("  io: lotsim.io.h5md is not available; skipped")
+        log("  io: lotsim.io is not available; skipped")
         return []
     case = Case("io", spec, steps)
     op = build_operator(case.lattice, NORMALIZATION)

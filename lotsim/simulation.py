@@ -5,10 +5,10 @@ ONE batched integration (state (replicas, nodes)), streamed to disk in whole chu
 full-precision resume checkpoint (see ``CHECKPOINT_OSC_STEPS`` for when), so a killed run is readable up
 to its last checkpoint and ``resume=True`` continues it to a result bit-identical to an uninterrupted run.
 
-Frames are collected in a block of at most one chunk (the writer's chunk, so every block write is one
-whole aligned chunk and memory stays flat) and handed to the writer once per block; each frame's
-phases are checked for NaN/inf as soon as they are computed, so a blow-up still stores every good
-frame and names the first bad step.
+Each stored frame (phases and their order parameter) goes to the writer as soon as it is computed; the
+writer buffers at most one chunk and writes whole chunks, so memory stays flat. Phases are checked for
+NaN/inf after every integration block, so a blow-up still stores every good frame and names the first
+bad step.
 """
 
 from __future__ import annotations
@@ -125,24 +125,18 @@ def build_system(recipe: SimulationRecipe) -> tuple[Lattice, KuramotoSystem, np.
                             file=f.file) for s in seeds_per])
     init = recipe.initial
     if init.kind == "file":
-        if Path(init.file).suffix in (".h5", ".hdf5"):
-            theta0 = read_state(init.file).theta
-            if theta0.shape[-1] != lattice.n:
-                raise ValueError(f"run {init.file!r} has {theta0.shape[-1]} nodes, the lattice has {lattice.n}")
-            theta0 = theta0[-1] if theta0.shape[0] != couplings.shape[0] else theta0
-            theta0 = np.broadcast_to(theta0, (couplings.shape[0], lattice.n)).copy()
+        if init.file is None:
+            raise ValueError("initial.kind = 'file' needs initial.file (.npy, .txt or a lotsim .h5 run)")
+        if _is_run(init.file):
+            theta0 = _rows_of_run(read_state(init.file).theta, init.file, couplings.shape[0], lattice.n)
         else:
             theta0 = load_phases(init.file, lattice.n, couplings.shape[0])
     else:
         per_seed = np.stack([initial_phases(lattice, init.kind, seed=int(s), twist=init.twist) for s in seeds_per])
         theta0 = np.tile(per_seed, (values.shape[0], 1))
     omega = np.tile(omega_per_seed, (values.shape[0], 1))
-    if recipe.shard is not None:
-        index, count = parse_shard(recipe.shard)
-        if count > couplings.shape[0]:
-            raise ValueError(f"shard {recipe.shard!r}: {count} shards for only {couplings.shape[0]} replicas")
-        keep = np.array_split(np.arange(couplings.shape[0]), count)[index]
-        theta0, omega, couplings, seeds = theta0[keep], omega[keep], couplings[keep], seeds[keep]
+    keep = _shard_rows(recipe, couplings.shape[0])
+    theta0, omega, couplings, seeds = theta0[keep], omega[keep], couplings[keep], seeds[keep]
 
     dtype = getattr(torch, dyn.dtype)
     device = torch.device(dyn.device)
@@ -155,6 +149,44 @@ def build_system(recipe: SimulationRecipe) -> tuple[Lattice, KuramotoSystem, np.
         noise=dyn.noise, inertia=dyn.inertia,
     )
     return lattice, system, theta0, couplings, seeds
+
+
+def initial_velocity(recipe: SimulationRecipe, n: int) -> np.ndarray | None:
+    """Velocities (b, n) that ``--init RUN.h5`` carries into inertial dynamics; None: start at rest.
+
+    The rows are chosen as for the phases (see :func:`build_system`): the run's own rows when it has as
+    many replicas, else its last row for every replica; then the recipe's shard.
+    """
+    init = recipe.initial
+    if recipe.dynamics.inertia == 0 or init.kind != "file" or not _is_run(init.file):
+        return None
+    velocity = read_state(init.file).velocity
+    if velocity is None:  # a run without inertia ends at rest
+        return None
+    rows = len(parse_couplings(recipe.dynamics.coupling)) * recipe.replicas
+    return _rows_of_run(velocity, init.file, rows, n)[_shard_rows(recipe, rows)]
+
+
+def _is_run(file: str | None) -> bool:
+    return file is not None and Path(file).suffix in (".h5", ".hdf5")
+
+
+def _rows_of_run(state: np.ndarray, file: str, rows: int, n: int) -> np.ndarray:
+    """A stored run's state (r, n) as (rows, n): its own rows if r == rows, else its last row for each."""
+    if state.shape[-1] != n:
+        raise ValueError(f"run {file!r} has {state.shape[-1]} nodes, the lattice has {n}")
+    state = state[-1] if state.shape[0] != rows else state
+    return np.broadcast_to(state, (rows, n)).copy()
+
+
+def _shard_rows(recipe: SimulationRecipe, rows: int) -> slice | np.ndarray:
+    """The replica rows of the recipe's shard (all rows without one)."""
+    if recipe.shard is None:
+        return slice(None)
+    index, count = parse_shard(recipe.shard)
+    if count > rows:
+        raise ValueError(f"shard {recipe.shard!r}: {count} shards for only {rows} replicas")
+    return np.array_split(np.arange(rows), count)[index]
 
 
 def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -207,54 +239,52 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
         )
         writer.add_particles(
             GROUP, n_replicas=couplings.shape[0], n_nodes=lattice.n, dtype=store_dtype,
-            node_data={"natural_frequency": system.omega.cpu().numpy(), "position": lattice.positions,
-                       "id": np.arange(lattice.n)},
+            node_data={"natural_frequency": system.omega.cpu().numpy(), "id": np.arange(lattice.n),
+                       # graphs without geometry (complete, random graphs) store no coordinates
+                       **({"lattice_position": lattice.positions} if lattice.positions.shape[1] else {})},
             replica_data={"coupling": couplings, "seed": seeds},
             # the complete graph's n(n-1) edges stay implicit (the recipe names the topology)
             edges=None if lattice.edges is None else np.stack([lattice.senders, lattice.receivers], axis=1),
             weights=None if lattice.edges is None else lattice.weights,
             observables={"order_parameter": ((), np.float64), "mean_phase": ((), np.float64)},
         )
-        state = integrator.init_fn(torch.as_tensor(theta0, dtype=dtype, device=dyn.device))
-        first = _FrameBlock(writer, couplings.shape[0], lattice.n, store_dtype, dyn.dt)
-        first.add(state)  # the initial frame, then a checkpoint
-        first.write()
-        first.checkpoint(state)
+        velocity0 = initial_velocity(recipe, lattice.n)
+        state = integrator.init_fn(torch.as_tensor(theta0, dtype=dtype, device=dyn.device),
+                                   None if velocity0 is None else
+                                   torch.as_tensor(velocity0, dtype=dtype, device=dyn.device))
+        _record(writer, state, dyn.dt)  # the initial frame, then a checkpoint
+        _checkpoint(writer, state, dyn.dt)
 
     start = time.perf_counter()
     work_per_step = couplings.shape[0] * lattice.n
     checkpointed = state.step
-    last_good = state  # the newest state whose frame (if it is a save point) is in ``frames`` or on disk
-    frames = _FrameBlock(writer, couplings.shape[0], lattice.n, store_dtype, dyn.dt)
+    last_good = state  # the newest state whose frame (if it is a save point) went to the writer
     with writer, sigterm_as_interrupt():
         try:
             while state.step < total:
                 n = min(out.save_every - state.step % out.save_every, total - state.step)
                 new = integrator.step_fn(state, n)
                 if not _finite(new.theta):
-                    frames.write()
-                    frames.checkpoint(last_good)
+                    _checkpoint(writer, last_good, dyn.dt)
                     raise SimulationBlowUp(
                         f"the phases became NaN/inf by step {new.step} (t={new.step * dyn.dt:g}); "
                         f"dt={dyn.dt:g} is likely too large for this system, try --dt {dyn.dt / 10:g}. "
                         f"{str(path)!r} holds every frame up to step {last_good.step}.")
                 state = new
                 if state.step % out.save_every == 0 or state.step == total:
-                    frames.add(state)
-                    if frames.full and frames.write() and (
+                    # checkpoint when a whole chunk just went to disk and enough work was done since the last
+                    if _record(writer, state, dyn.dt) == 0 and (
                             (state.step - checkpointed) * work_per_step >= CHECKPOINT_OSC_STEPS):
-                        frames.checkpoint(state)  # a whole chunk just went to the writer
+                        _checkpoint(writer, state, dyn.dt)
                         checkpointed = state.step
                 last_good = state
                 if progress is not None:
                     progress(state.step, total)
         except KeyboardInterrupt:
-            frames.write()
-            frames.checkpoint(last_good)
+            _checkpoint(writer, last_good, dyn.dt)
             raise SimulationInterrupted(f"interrupted at step {last_good.step}; {str(path)!r} is readable, "
                                         "continue it with --resume") from None
-        frames.write()
-        frames.checkpoint(state)
+        _checkpoint(writer, state, dyn.dt)
     wall = time.perf_counter() - start
     result = _result(path, recipe, lattice, couplings, seeds, total, wall, backend)
     warning = precision_warning(float(state.theta.detach().abs().max()), dyn.dt, dyn.dtype)
@@ -289,58 +319,24 @@ def _finite(theta: torch.Tensor) -> bool:
     return bool(torch.isfinite(theta).all())
 
 
-class _FrameBlock:
-    """Frames waiting for the writer: at most up to the next chunk boundary of the phase dataset.
+def _record(writer: TrajectoryWriter, state, dt: float) -> int:
+    """Hand one frame (phases, order parameter, mean phase) to the writer; returns its buffered frames.
 
-    ``add`` computes a frame's observables (lotsim's torch ``order_parameter`` on the state's own
-    tensor, as every frame always had) and copies the phases; ``write`` hands the block to the writer in
-    one ``append``, which then writes one whole, chunk-aligned chunk without copying it again.
+    The observables come from lotsim's torch ``order_parameter`` on the state's own tensor; the writer
+    casts the phases to the storage dtype (the same rounding as ``ndarray.astype``).
     """
-
-    def __init__(self, writer: TrajectoryWriter, b: int, n: int, store_dtype: np.dtype, dt: float):
-        self.writer, self.dt = writer, dt
-        self.cf = cf = writer.chunk_frames(GROUP)
-        self.phase = np.empty((cf, b, n), dtype=store_dtype)
-        self.step = np.empty(cf, dtype=np.int64)
-        self.time = np.empty(cf, dtype=np.float64)
-        self.r = np.empty((cf, b), dtype=np.float64)
-        self.psi = np.empty((cf, b), dtype=np.float64)
-        self.k = 0
-        self.room = cf - writer.frames_written(GROUP) % cf  # frames until the next chunk boundary
-
-    @property
-    def full(self) -> bool:
-        return self.k >= self.room
-
-    def add(self, state) -> None:
-        j = self.k
-        theta = state.theta.detach()
-        r, psi = order_parameter(theta)
-        self.phase[j] = theta.cpu().numpy()  # the same rounding as ndarray.astype(store_dtype)
-        self.r[j] = r.cpu().numpy()  # float32 -> float64 is exact, like Tensor.double()
-        self.psi[j] = psi.cpu().numpy()
-        self.step[j] = state.step
-        self.time[j] = state.step * self.dt
-        self.k = j + 1  # last: a frame interrupted half-way is not counted
-
-    def write(self) -> bool:
-        """Hand the block to the writer; True when that completed a chunk (nothing is left buffered)."""
-        k = self.k
-        if k:
-            self.writer.append(GROUP, self.step[:k], self.time[:k], self.phase[:k],
-                               observables={"order_parameter": self.r[:k], "mean_phase": self.psi[:k]})
-            self.k = 0
-            self.room = self.cf - self.writer.frames_written(GROUP) % self.cf
-        return self.writer.buffered_frames(GROUP) == 0
-
-    def checkpoint(self, state) -> None:
-        self.writer.write_state(**_checkpoint(state, self.dt))
+    theta = state.theta.detach()
+    r, psi = order_parameter(theta)
+    return writer.append(GROUP, np.array([state.step]), np.array([state.step * dt]), theta.cpu().numpy()[None],
+                         observables={"order_parameter": r.cpu().numpy()[None],
+                                      "mean_phase": psi.cpu().numpy()[None]})
 
 
-def _checkpoint(state, dt: float) -> dict:
+def _checkpoint(writer: TrajectoryWriter, state, dt: float) -> None:
+    """Write the buffered frames and the full-precision resume checkpoint of ``state``."""
     velocity = None if state.velocity is None else state.velocity.detach().cpu().numpy()
-    return {"theta": state.theta.detach().cpu().numpy(), "velocity": velocity, "step": state.step,
-            "time": state.step * dt}
+    writer.write_state(state.theta.detach().cpu().numpy(), velocity=velocity, step=state.step,
+                       time=state.step * dt)
 
 
 def _backend_name(integrator, requested: str) -> str:

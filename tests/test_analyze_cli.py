@@ -307,7 +307,7 @@ def test_streaming_uses_iter_frames_and_equals_the_in_memory_result(runs, monkey
     whole = analyze_order(runs["free"], transient=2.0)
     assert calls == [2, None]
     with open_trajectory(runs["free"]) as traj:
-        theta, times = traj.phase()[()], traj.times()
+        theta, times = traj.phase[()], traj.times
     for report in (small, whole):
         assert np.allclose(report.r, np.abs(np.exp(1j * theta).mean(-1)), atol=1e-12)
         assert np.allclose(report.omega_eff, np.stack([np.polyfit(times[4:], theta[4:, k], 1)[0] for k in range(2)]),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -43,10 +45,10 @@ def test_json_summary_and_h5md_file(tmp_path):
     assert summary["coupling"] == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0] and summary["seed"] == [0, 1, 0, 1, 0, 1]
     assert len(summary["r_final"]) == 6 and all(0 <= r <= 1 for r in summary["r_mean"])
     with open_trajectory(out) as traj:
-        phase = traj.phase()
+        phase = traj.phase
         assert phase.shape == (13, 6, 64)  # frames at steps 0, 5, ..., 60
-        assert list(traj.steps()) == list(range(0, 61, 5))
-        assert np.allclose(traj.times(), np.arange(0, 61, 5) * 0.05)
+        assert list(traj.steps) == list(range(0, 61, 5))
+        assert np.allclose(traj.times, np.arange(0, 61, 5) * 0.05)
         r = traj.observable("order_parameter")[()]
         assert np.allclose(r[-1], summary["r_final"])
         assert traj.parameters["recipe_toml"].startswith("name = ")
@@ -60,7 +62,7 @@ def test_json_summary_and_h5md_file(tmp_path):
 def test_frames_agree_with_the_stored_order_parameter(tmp_path):
     _, out = run_json(tmp_path, *SMALL)
     with open_trajectory(out) as traj:
-        theta = traj.phase()[()]
+        theta = traj.phase[()]
         r = traj.observable("order_parameter")[()]
     assert np.allclose(np.abs(np.exp(1j * theta).mean(-1)), r, atol=1e-12)
 
@@ -72,7 +74,7 @@ def test_batched_sweep_equals_runs_one_by_one(tmp_path):
     for i, k in enumerate([0.5, 1.5]):
         _, single = run_json(tmp_path, *base, "--coupling", str(k), name=f"s{i}.h5")
         with open_trajectory(batched) as a, open_trajectory(single) as b:
-            assert np.array_equal(a.phase()[:, i], b.phase()[:, 0])
+            assert np.array_equal(a.phase[:, i], b.phase[:, 0])
 
 
 def test_same_seed_gives_the_same_file_bit_for_bit(tmp_path):
@@ -81,7 +83,7 @@ def test_same_seed_gives_the_same_file_bit_for_bit(tmp_path):
     assert a.read_bytes() == b.read_bytes()
     _, c = run_json(tmp_path, *SMALL, "--noise", "0.1", "--integrator", "heun", "--seed", "1", name="c.h5")
     with open_trajectory(a) as fa, open_trajectory(c) as fc:
-        assert not np.array_equal(fa.phase()[-1], fc.phase()[-1])
+        assert not np.array_equal(fa.phase[-1], fc.phase[-1])
 
 
 def _run_until_killed(out, steps, kill_at_step):
@@ -110,9 +112,9 @@ def test_killed_run_is_readable_and_resume_is_bit_identical(tmp_path):
     killed = tmp_path / "killed.h5"
     _run_until_killed(killed, steps, kill_at_step=2100)
     with open_trajectory(killed) as traj:
-        frames = traj.n_frames()
+        frames = traj.n_frames
         assert 0 < frames < steps // 2 + 1
-        assert np.all(np.isfinite(traj.phase()[()]))
+        assert np.all(np.isfinite(traj.phase[()]))
 
     recipe = load_recipe(SimulationRecipe, updates={
         "lattice.topology": "ring", "lattice.n": 64, "dynamics.steps": steps, "dynamics.coupling": 1.0,
@@ -121,8 +123,8 @@ def test_killed_run_is_readable_and_resume_is_bit_identical(tmp_path):
     straight = tmp_path / "straight.h5"
     run_simulation(recipe, straight)
     with open_trajectory(killed) as a, open_trajectory(straight) as b:
-        assert np.array_equal(a.steps(), b.steps())
-        assert np.array_equal(a.phase()[()], b.phase()[()])
+        assert np.array_equal(a.steps, b.steps)
+        assert np.array_equal(a.phase[()], b.phase[()])
         assert np.array_equal(a.observable("order_parameter")[()], b.observable("order_parameter")[()])
 
 
@@ -156,7 +158,7 @@ def test_option_groups_run(tmp_path, options):
     summary, out = run_json(tmp_path, *options, "--steps", "20", "--save-every", "10", "--coupling", "1.0")
     assert all(np.isfinite(summary["r_final"]))
     with open_trajectory(out) as traj:
-        assert traj.n_frames() == 3
+        assert traj.n_frames == 3
 
 
 def test_coupling_range_flag_builds_and_stores_the_nonlocal_graph(tmp_path):
@@ -164,8 +166,8 @@ def test_coupling_range_flag_builds_and_stores_the_nonlocal_graph(tmp_path):
                             "--lattice-constant", "2", "--steps", "10", "--save-every", "10", "--coupling", "1.0")
     assert summary["lattice"] == "ring n=30 range 3"
     with open_trajectory(out) as traj:
-        senders, receivers = traj.edges()[0].T
-        weights = traj.edges()[1]
+        senders, receivers = traj.edges[0].T
+        weights = traj.edges[1]
     d = np.abs(senders - receivers)
     d = np.minimum(d, 30 - d)
     assert senders.shape[0] == 30 * 6 and set(d.tolist()) == {1, 2, 3}
@@ -188,14 +190,14 @@ def test_file_inputs_frequencies_initial_state_and_edges(tmp_path):
                             "--freq-dist", "file", "--freq-file", tmp_path / "omega.npy", "--init",
                             tmp_path / "theta.npy", "--steps", "10", "--coupling", "1")
     with open_trajectory(out) as traj:
-        assert np.array_equal(traj.phase()[0, 0], np.zeros(6))
+        assert np.array_equal(traj.phase[0, 0], np.zeros(6))
         assert np.allclose(traj.node_data("natural_frequency")[0], np.linspace(-1, 1, 6))
     # continue from the previous run's last state
     summary2, out2 = run_json(tmp_path, "--topology", "edgelist", "--lattice-file", tmp_path / "edges.txt",
                               "--freq-dist", "file", "--freq-file", tmp_path / "omega.npy", "--init", out,
                               "--steps", "10", "--coupling", "1", name="next.h5")
     with open_trajectory(out) as a, open_trajectory(out2) as b:
-        assert np.array_equal(a.phase()[-1], b.phase()[0])
+        assert np.array_equal(a.phase[-1], b.phase[0])
 
 
 def test_blow_up_stops_with_a_dt_hint_and_a_readable_file(tmp_path):
@@ -205,8 +207,8 @@ def test_blow_up_stops_with_a_dt_hint_and_a_readable_file(tmp_path):
     assert result.exit_code == 1
     assert "smaller" in result.stderr or "--dt" in result.stderr
     with open_trajectory(out) as traj:
-        assert traj.n_frames() >= 1
-        assert np.all(np.isfinite(traj.phase()[()]))
+        assert traj.n_frames >= 1
+        assert np.all(np.isfinite(traj.phase[()]))
 
 
 @pytest.mark.parametrize(
@@ -299,7 +301,7 @@ def test_checkpoints_follow_the_work_budget(tmp_path, monkeypatch):
         sim.run_simulation(recipe, tmp_path / f"c{budget}.h5")
         assert steps == expected, budget
         with open_trajectory(tmp_path / f"c{budget}.h5") as traj:
-            assert list(traj.steps()) == list(range(2001))
+            assert list(traj.steps) == list(range(2001))
     assert (tmp_path / "c1.h5").stat().st_size > 0
 
 
@@ -327,9 +329,9 @@ def test_frame_blocks_equal_frame_by_frame_recording(tmp_path, backend):
             break
         state = integ.step_fn(state, min(3 - state.step % 3, dyn.n_steps - state.step))
     with open_trajectory(tmp_path / "run.h5") as traj:
-        assert np.array_equal(traj.steps(), [row[0] for row in rows])
-        assert np.array_equal(traj.times(), [row[1] for row in rows])
-        assert np.array_equal(traj.phase()[()], np.stack([row[2] for row in rows]))
+        assert np.array_equal(traj.steps, [row[0] for row in rows])
+        assert np.array_equal(traj.times, [row[1] for row in rows])
+        assert np.array_equal(traj.phase[()], np.stack([row[2] for row in rows]))
         assert np.array_equal(traj.observable("order_parameter")[()], np.stack([row[3] for row in rows]))
         assert np.array_equal(traj.observable("mean_phase")[()], np.stack([row[4] for row in rows]))
     assert len(rows) == 402 and rows[-1][0] == 1201
@@ -356,8 +358,8 @@ def test_blow_up_inside_a_block_keeps_every_good_frame_and_names_the_first_bad_s
     with pytest.raises(SimulationBlowUp, match=f"by step {bad} .*every frame up to step {bad - 10}"):
         run_simulation(recipe, tmp_path / "boom.h5")
     with open_trajectory(tmp_path / "boom.h5") as traj:
-        assert list(traj.steps()) == list(range(0, bad, 10))
-        assert np.all(np.isfinite(traj.phase()[()]))
+        assert list(traj.steps) == list(range(0, bad, 10))
+        assert np.all(np.isfinite(traj.phase[()]))
     assert read_state(tmp_path / "boom.h5").step == bad - 10
 
 
@@ -382,11 +384,74 @@ except SimulationInterrupted as err:
 
     assert read_state(out).step == 700
     with open_trajectory(out) as traj:
-        assert traj.n_frames() == 701
+        assert traj.n_frames == 701
     recipe = _ring_recipe(dynamics={"noise": 0.05, "integrator": "heun"})
     run_simulation(recipe, out, resume=True)
     run_simulation(recipe, tmp_path / "straight.h5")
     with open_trajectory(out) as a, open_trajectory(tmp_path / "straight.h5") as b:
-        assert np.array_equal(a.steps(), b.steps())
-        assert np.array_equal(a.phase()[()], b.phase()[()])
+        assert np.array_equal(a.steps, b.steps)
+        assert np.array_equal(a.phase[()], b.phase[()])
         assert np.array_equal(a.observable("mean_phase")[()], b.observable("mean_phase")[()])
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_init_from_a_run_carries_the_velocities_of_inertial_dynamics(tmp_path, backend):
+    """--init RUN.h5 continues phases AND velocities: half a run, then the other half, equals the whole."""
+    import lotsim.simulation as sim
+    from lotsim.io import read_state
+
+    def recipe(steps, **initial):
+        return _ring_recipe(dynamics={"steps": steps, "backend": backend, "inertia": 0.7, "coupling": 2.0},
+                            output={"save_every": 50}, frequencies={"dist": "gaussian"}, replicas=2,
+                            **({"initial": initial} if initial else {}))
+
+    sim.run_simulation(recipe(400), tmp_path / "whole.h5")
+    sim.run_simulation(recipe(200), tmp_path / "first.h5")
+    assert np.abs(read_state(tmp_path / "first.h5").velocity).max() > 0.1  # a moving state to carry
+    sim.run_simulation(recipe(200, kind="file", file=str(tmp_path / "first.h5")), tmp_path / "second.h5")
+    whole, second = read_state(tmp_path / "whole.h5"), read_state(tmp_path / "second.h5")
+    np.testing.assert_allclose(second.theta, whole.theta, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(second.velocity, whole.velocity, rtol=0, atol=1e-9)
+    with open_trajectory(tmp_path / "first.h5") as a, open_trajectory(tmp_path / "second.h5") as b:
+        assert np.array_equal(a.phase[-1], b.phase[0])
+
+
+def _simulate_process(out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "lotsim", "simulate", "--topology", "ring", "--n", "64",
+                             "--steps", "400", "--out", str(out), *extra],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_two_simulates_on_one_output_one_wins_the_other_says_one_line(tmp_path):
+    out = tmp_path / "same.h5"
+    procs = [_simulate_process(out), _simulate_process(out)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "Traceback" not in loser and len(loser.strip().splitlines()) == 1 and "same.h5" in loser, loser
+    with open_trajectory(out) as traj:
+        assert traj.n_frames == 41  # every 10th of 400 steps
+
+
+def test_overwrite_refuses_a_file_a_running_simulate_is_writing(tmp_path):
+    out = tmp_path / "busy.h5"
+    runner_proc = _simulate_process(out, "--steps", "400000", "--save-every", "100")
+    try:
+        for _ in range(600):  # until the running job has created its file
+            if out.exists() and out.stat().st_size > 0:
+                break
+            runner_proc.poll()
+            assert runner_proc.returncode is None, runner_proc.stderr.read()
+            time.sleep(0.1)
+        size = out.stat().st_size
+        result = invoke("simulate", "--topology", "ring", "--n", "8", "--steps", "5", "--out", out, "--overwrite")
+        assert result.exit_code == 2, result.output
+        assert "another process is writing" in result.output and "Traceback" not in result.output
+        assert out.stat().st_size >= size  # untouched: never truncated
+    finally:
+        runner_proc.terminate()  # SIGTERM: the running job checkpoints and stops
+        runner_proc.wait(timeout=120)
+    with open_trajectory(out) as traj:  # the running job's file stays whole and resumable
+        assert traj.n_frames >= 1

@@ -26,10 +26,10 @@ def test_shards_partition_the_replicas_and_equal_the_full_run(tmp_path):
     for job in plan_shards(recipe, 4, tmp_path):
         run_simulation(job.recipe, job.path)
         with open_trajectory(job.path) as traj:
-            phases.append(traj.phase()[()])
+            phases.append(traj.phase[()])
             couplings.append(traj.replica_data("coupling")[()])
     with open_trajectory(full.path) as traj:
-        assert np.array_equal(np.concatenate(phases, axis=1), traj.phase()[()])
+        assert np.array_equal(np.concatenate(phases, axis=1), traj.phase[()])
     assert np.array_equal(np.concatenate(couplings), full.couplings)
 
 
@@ -53,4 +53,4 @@ def test_sweep_command_runs_a_local_job_array(tmp_path):
     assert total == 4
     for path in report["files"]:
         with open_trajectory(path) as traj:
-            assert traj.n_frames() == 3
+            assert traj.n_frames == 3

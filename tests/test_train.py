@@ -185,8 +185,8 @@ def test_resume_after_stop_equals_an_uninterrupted_run(tmp_path):
 
     full_h5, split_h5 = tmp_path / "full" / "telemetry.h5", tmp_path / "split" / "telemetry.h5"
     with open_trajectory(full_h5) as a, open_trajectory(split_h5) as b:
-        assert list(a.steps("layer_00")) == list(b.steps("layer_00")) == [0, 3, 6, 8]
-        assert np.array_equal(a.phase("layer_00")[()], b.phase("layer_00")[()])
+        assert list(a.group("layer_00").steps) == list(b.group("layer_00").steps) == [0, 3, 6, 8]
+        assert np.array_equal(a.group("layer_00").phase[()], b.group("layer_00").phase[()])
 
 
 def test_ctrl_c_saves_last_and_resumes_exactly(tmp_path):

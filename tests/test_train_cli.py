@@ -47,7 +47,7 @@ def test_run_folder_contents(run_dir):
     assert final["recipe_name"] == "copy_reverse_lattice"
     with h5py.File(run_dir / "telemetry.h5") as f:
         assert list(f["particles/layer_00/phase/step"][()]) == [0, 2, 4, 6]
-        assert f["particles/layer_00/phase/value"].shape == (4, 2 * 8, 4)  # frames, probe tokens, heads
+        assert f["particles/layer_00/phase/value"].shape == (4, 4, 2 * 8)  # frames, heads, probe tokens (H5MD)
         assert f["observables/layer_01/order_parameter/value"].shape == (4, 16)
         assert "task" in f["parameters"].attrs["recipe_toml"]
 

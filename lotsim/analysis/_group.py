@@ -29,6 +29,9 @@ class GroupView:
         self._traj, self._default = traj, group
 
     def __getattr__(self, name: str):
+        selected = self._traj.group(self._default)
+        if hasattr(type(selected), name):  # the group's own data (phase, times, n_frames, edges, ...)
+            return getattr(selected, name)
         attr = getattr(self._traj, name)
         if callable(attr) and "group" in inspect.signature(attr).parameters:
             @functools.wraps(attr)

@@ -142,10 +142,10 @@ def read_run_info(traj: Trajectory) -> RunInfo:
     if not traj.groups:
         raise ValueError(f"{traj.path}: no particles group with phases; not a lotsim trajectory")
     try:
-        phase = traj.phase()
+        phase = traj.phase
     except KeyError as err:
         raise ValueError(str(err).strip("'\"")) from None
-    steps, times = traj.steps(), traj.times()
+    steps, times = traj.steps, traj.times
     n = min(phase.shape[0], steps.shape[0], times.shape[0])
     if n == 0:
         raise ValueError(f"{traj.path}: the trajectory has no frames")
@@ -235,7 +235,7 @@ def node_positions(traj: Trajectory, info: RunInfo) -> np.ndarray | None:
     (stored without geometry) the unwrapped-sheet positions rebuilt with networkx; None if the graph
     has no geometry (complete, random graphs)."""
     try:
-        pos = np.asarray(traj.node_data("position"), dtype=np.float64)
+        pos = np.asarray(traj.node_data("lattice_position"), dtype=np.float64)
     except KeyError:
         pos = np.zeros((info.n_nodes, 0))
     if pos.ndim == 2 and pos.shape == (info.n_nodes, pos.shape[1]) and pos.shape[1] > 0:
@@ -249,7 +249,7 @@ def node_positions(traj: Trajectory, info: RunInfo) -> np.ndarray | None:
 
 def edge_arrays(traj: Trajectory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(senders [e], receivers [e], A_ij weights [e]) from ``/connectivity`` (ones if unweighted)."""
-    edges, weights = traj.edges()
+    edges, weights = traj.edges
     if edges.shape[0] == 0:
         raise ValueError(f"{traj.path}: no lattice edges stored (/connectivity)")
     w = np.ones(edges.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)

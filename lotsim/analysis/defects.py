@@ -109,7 +109,7 @@ def lattice_faces(traj: Trajectory, info: RunInfo) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"{info.path}: vortices on periodic {topo} lattices are not supported (their faces wrap); "
                          "simulate with --open, or use a square lattice")
     try:
-        positions = np.asarray(traj.node_data("position"), dtype=np.float64)
+        positions = np.asarray(traj.node_data("lattice_position"), dtype=np.float64)
     except KeyError:
         positions = np.zeros((info.n_nodes, 0))
     if topo == "complete":

@@ -413,7 +413,7 @@ def plot_snapshot(path: str | Path, *, frame: int = -1, replica: int = 0, out: s
         info = read_run_info(traj)
         check_replica(info, replica)
         index = check_frame(info, frame)
-        theta = np.asarray(traj.phase()[index, replica], dtype=np.float64)
+        theta = np.asarray(traj.phase[index, replica], dtype=np.float64)
         positions, omega, edges = node_positions(traj, info), _omega(traj, info, replica), _edges(traj)
     fig, axes = _figure(6.6, 5.6)
     drawer = _Field(fig, axes[0, 0], info, positions, omega, edges)

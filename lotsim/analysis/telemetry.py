@@ -60,10 +60,10 @@ def run_telemetry(run_dir: str | Path) -> dict[str, Any]:
         if not groups:
             raise ValueError(f"{str(path)!r} holds no layer_* phase groups")
         for group in groups:
-            steps = traj.steps(group)
-            phase = traj.phase(group)[()]  # (frame, token, head)
+            steps = traj.group(group).steps
+            phase = traj.group(group).phase[()]  # (frame, token, head)
             r = traj.observable("order_parameter", group)[()]  # (frame, token)
-            names = traj.observable_names(group)
+            names = traj.group(group).observable_names
             local = traj.observable("local_order_parameter", group)[()] if "local_order_parameter" in names else None
             coherence = np.abs(np.exp(1j * phase).mean(axis=1))  # (frame, head)
             layers[group] = {

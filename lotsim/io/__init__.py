@@ -1,25 +1,20 @@
 """Trajectory I/O: H5MD 1.1 files (numpy + h5py only; never imports torch).
 
-See :mod:`lotsim.io.h5md` for the file layout and the resume protocol.
+``layout`` names the file's groups, attributes and versions; ``writer`` streams frames with flat memory;
+``resume`` stores and reads the resume checkpoint; ``reader`` gives lazy read access.
 """
 
 from __future__ import annotations
 
-from lotsim.io.h5md import (
-    DEFAULT_GROUP,
-    H5MDFormatError,
-    ResumeState,
-    Trajectory,
-    TrajectoryWriter,
-    chunk_frames_for,
-    observable_path,
-    open_trajectory,
-    read_state,
-)
+from lotsim.io.layout import DEFAULT_GROUP, H5MDFormatError, OutputExistsError, chunk_frames_for, observable_path
+from lotsim.io.reader import Trajectory, open_trajectory
+from lotsim.io.resume import ResumeState, read_state
+from lotsim.io.writer import TrajectoryWriter
 
 __all__ = [
     "DEFAULT_GROUP",
     "H5MDFormatError",
+    "OutputExistsError",
     "ResumeState",
     "Trajectory",
     "TrajectoryWriter",

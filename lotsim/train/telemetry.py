@@ -5,8 +5,9 @@ without gradients, reads a FIXED probe batch: the first ``train.telemetry_sequen
 the validation split. For every layer whose attention reports phases (an intermediates object
 with ``theta`` (b, t, h)) one frame is appended to the particles group ``layer_<ii>``:
 
-* ``phase/value [frame, replica, node]``: the layer's oscillator phases theta (after the Kuramoto
-  steps on the head lattice, before the sequence advance), wrapped to [0, 2 pi) (declared
+* ``phase/value [frame, node, replica]`` (read back as [frame, replica, node]): the layer's
+  oscillator phases theta (after the Kuramoto steps on the head lattice, before the sequence
+  advance), wrapped to [0, 2 pi) (declared
   ``phase_storage = "wrapped"``: consecutive frames are different models, not a time series);
   **replica = probe token** (replica ``r`` is sequence ``r // t``, position ``r % t``), **node =
   head** (the oscillators on the head lattice);
