@@ -28,12 +28,9 @@ from lotsim.model import (
     parse_intervention_specs,
 )
 from lotsim.model.fsn import frustrated_coupling, harmonic_values
-from lotsim.model.pma import (
-    fused_pma_attention,
-    materialised_pma_attention,
-    materialised_prefix_statistics,
-    prefix_statistics,
-)
+from lotsim.model.oracles import materialised_phase_attention, materialised_prefix_statistics
+from lotsim.model.phase import fused_phase_attention
+from lotsim.model.pma import prefix_statistics
 from lotsim.model.rope import Rope
 from lotsim.model.ssa import _use_flex, flex_ssa, locking, materialised_ssa
 from lotsim.model.torus import causal_softmax, drifted_features, materialised_scores
@@ -156,8 +153,8 @@ def test_pma_fused_kernel_identity_with_signed_gates():
     phases, keys = (4 * torch.randn(2, 9, 3, dtype=torch.float64, generator=g) for _ in range(2))
     gate = torch.tensor([-0.7, 0.0, 1.6], dtype=torch.float64)
     tau = 0.5 + torch.rand(2, 9, 3, dtype=torch.float64, generator=g)
-    expected = materialised_pma_attention(q, k, v, phases, keys, gate, tau)
-    got = fused_pma_attention(q, k, v, phases, keys, gate, tau)
+    expected = materialised_phase_attention(q, k, v, phases, gate, "multiplicative", key_phases=keys, temperature=tau)
+    got = fused_phase_attention(q, k, v, phases, gate, "multiplicative", key_phases=keys, temperature=tau)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-13)
 
 

@@ -38,7 +38,7 @@ from lotsim.model import (
     unregister_attention,
     write_simulation_inputs,
 )
-from lotsim.model.lattice_attention import causal_decayed_mean
+from lotsim.model.head_lattice import causal_decayed_mean
 from lotsim.model.rope import Rope
 
 B, T, V = 2, 12, 37
