@@ -12,18 +12,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from conftest import assert_one_line_error, invoke
 
 import lotsim
 from lotsim.analysis.order import analyze_order
-from lotsim.cli import app
 from lotsim.io import Trajectory, TrajectoryWriter, open_trajectory
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def simulate(path, *args):
@@ -36,12 +29,6 @@ def analyze_json(*args) -> dict:
     result = invoke("analyze", *args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)  # exactly one JSON object on stdout
-
-
-def one_line_error(result, needle: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +180,7 @@ def test_transition_adiabatic_sweeps(tmp_path):
 
 
 def test_transition_needs_a_sweep(runs):
-    one_line_error(invoke("analyze", "transition", runs["sync"]), "at least 3 couplings")
+    assert_one_line_error(invoke("analyze", "transition", runs["sync"]), "at least 3 couplings")
 
 
 @pytest.mark.slow
@@ -243,7 +230,7 @@ def test_movie_mp4_without_ffmpeg_suggests_gif(runs, tmp_path):
         pytest.skip("imageio-ffmpeg provides ffmpeg")
     except ImportError:
         pass
-    one_line_error(invoke("analyze", "movie", runs["vortex"], "--out", tmp_path / "m.mp4"), ".gif")
+    assert_one_line_error(invoke("analyze", "movie", runs["vortex"], "--out", tmp_path / "m.mp4"), ".gif")
 
 
 # ----------------------------------------------------------------------------------------- defects
@@ -279,15 +266,15 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path):
     plain = tmp_path / "plain.h5"
     with h5py.File(plain, "w") as f:
         f["x"] = 1
-    one_line_error(invoke("analyze", "order", tmp_path / "missing.h5"), "no such file")
-    one_line_error(invoke("analyze", "order", text), "not an HDF5 file")
-    one_line_error(invoke("analyze", "defects", plain), "not an H5MD trajectory")
-    one_line_error(invoke("analyze", "defects", runs["sync"]), "complete graph")
-    one_line_error(invoke("analyze", "snapshot", runs["vortex"], "--frame", "99"), "--frame 99 is out of range")
-    one_line_error(invoke("analyze", "order", runs["vortex"], "--replica", "3"), "--replica 3 is out of range")
-    one_line_error(invoke("analyze", "order", runs["vortex"], "--transient", "1e6"), "beyond the last frame")
-    one_line_error(invoke("analyze", "movie", runs["vortex"], "--out", tmp_path / "m.avi"), ".gif or .mp4")
-    one_line_error(invoke("analyze", "order", runs["vortex"], "--frequency-method", "slope"), "fit or endpoints")
+    assert_one_line_error(invoke("analyze", "order", tmp_path / "missing.h5"), "no such file")
+    assert_one_line_error(invoke("analyze", "order", text), "not an HDF5 file")
+    assert_one_line_error(invoke("analyze", "defects", plain), "not an H5MD trajectory")
+    assert_one_line_error(invoke("analyze", "defects", runs["sync"]), "complete graph")
+    assert_one_line_error(invoke("analyze", "snapshot", runs["vortex"], "--frame", "99"), "--frame 99 is out of range")
+    assert_one_line_error(invoke("analyze", "order", runs["vortex"], "--replica", "3"), "--replica 3 is out of range")
+    assert_one_line_error(invoke("analyze", "order", runs["vortex"], "--transient", "1e6"), "beyond the last frame")
+    assert_one_line_error(invoke("analyze", "movie", runs["vortex"], "--out", tmp_path / "m.avi"), ".gif or .mp4")
+    assert_one_line_error(invoke("analyze", "order", runs["vortex"], "--frequency-method", "slope"), "fit or endpoints")
 
 
 # ---------------------------------------------------------------------------- streaming and partial

@@ -40,13 +40,7 @@ BASE = dict(vocab_size=V, seq_len=16, d_model=32, n_layers=2, n_heads=4)
 VARIANTS = ("pma", "ssa", "torus", "fsn")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's other load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(attention: str, options: dict | None = None, seed: int = 0, **overrides) -> LOTModel:

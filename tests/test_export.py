@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tomli_w
 import torch
+from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
 from lotsim.cli import app
@@ -77,11 +78,7 @@ def invoke(*args):
 
 
 def assert_user_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    assert_one_line_error(result, *needles)
     assert result.stdout == ""
 
 

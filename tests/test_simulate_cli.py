@@ -9,18 +9,12 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from conftest import invoke
 
-from lotsim.cli import app
 from lotsim.io import open_trajectory
 
-runner = CliRunner()
 SMALL = ["--topology", "square", "--shape", "8x8", "--coupling", "0:2:3", "--steps", "60", "--save-every", "5",
          "--normalization", "degree"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def run_json(tmp_path, *args, name="run.h5"):
