@@ -1,5 +1,5 @@
 """Model tests: the four tests every attention variant passes (effect, gradient, causality,
-purity; design/attention.md), plus zero gain == vanilla, fused == materialised, telemetry,
+purity), plus zero gain == vanilla, fused == materialised, telemetry,
 registry, config errors, parameter matching and the head-lattice export.
 
 Variants are parametrised over ``available_attentions()`` so a new variant is tested
