@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from lotsim.model.phase import causal_attention
 from lotsim.model.rope import Rope, apply_rope
 
 if TYPE_CHECKING:
@@ -184,9 +184,8 @@ class QKVAttention(Attention):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                scale: float | None = None) -> torch.Tensor:
-        """Causal SDPA, (b, h, t, e) x3 -> (b, h, t, e); dropout only in training."""
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                              dropout_p=self.dropout if self.training else 0.0)
+        """Causal SDPA, (b, h, t, e) x3 -> (b, h, t, e); scale None = 1/sqrt(e); dropout only in training."""
+        return causal_attention(q, k, v, scale=scale, dropout_p=self.dropout if self.training else 0.0)
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
         """(b, h, t, d) -> output projection of (b, t, D)."""

@@ -144,7 +144,7 @@ def causal_softmax(scores: torch.Tensor, strict: bool = False) -> torch.Tensor:
     return weights
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0,
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = 1.0,
                      dropout_p: float = 0.0) -> torch.Tensor:
     """Causal ``F.scaled_dot_product_attention`` with q/k and v zero-padded to one width.
 
@@ -153,7 +153,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
     Args:
         q, k: (b, h, t, e); v: (b, h, t, f).
-        scale: the softmax scale applied to q.k.
+        scale: the softmax scale applied to q.k (None: 1/sqrt of the padded width).
         dropout_p: attention dropout.
 
     Returns:
