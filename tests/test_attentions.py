@@ -84,6 +84,8 @@ def _randomise(model: LOTModel) -> None:
     ("pma", {}), ("pma", {"key_phases": "position", "method": "euler"}),
     ("torus", {}), ("torus", {"n_steps": 2, "method": "rk4", "angles": 3}),
     ("fsn", {}), ("fsn", {"harmonics": 3, "angles": 2}),
+    ("torus", {"score": "qk"}), ("torus", {"readout": "mean", "n_steps": 2, "method": "heun"}),
+    ("fsn", {"score": "qk", "readout": "mean"}),
 ])
 def test_fused_equals_materialised(attention, options):
     fused = make_model(attention, options)
@@ -550,3 +552,19 @@ def test_attention_docs_examples_run(capsys):
         exec(compile(block, f"{doc.name} block {i}", "exec"), namespace)
     out = capsys.readouterr().out
     assert "'fsn'" in out and "'loss'" in out
+
+
+@pytest.mark.parametrize("attention", ["torus", "fsn"])
+def test_readings_are_compare_arms_with_valid_options(attention):
+    from lotsim.model import get_attention
+    from lotsim.train.compare import parse_arms
+
+    cls = get_attention(attention)
+    assert {"qk", "mean", "qk-mean"} <= set(cls.readings)
+    for name, spec in cls.arm_presets().items():
+        cls.Options(**spec["options"])  # every preset validates
+        assert parse_arms(f"vanilla,{attention}:{name}")[1].ablation == name
+    # a reading changes the layer it names: qk scores from their own projection, mean widens the readout
+    qk = make_model(attention, {"score": "qk", "readout": "mean"})
+    attn = qk.blocks[0].attn
+    assert attn.score_phase is not None and attn.out.in_features == 4 * attn.n_heads * attn.angles

@@ -55,8 +55,8 @@ MODES: dict[str, list[dict]] = {
     ],
     "pma": [{"key_phases": "position", "method": "rk4"}],
     "ssa": [{"rope": True}],
-    "torus": [{"n_steps": 2, "method": "heun", "angles": 3}],
-    "fsn": [{"harmonics": 1, "angles": 2}],
+    "torus": [{"n_steps": 2, "method": "heun", "angles": 3}, {"score": "qk", "readout": "mean"}],
+    "fsn": [{"harmonics": 1, "angles": 2}, {"score": "qk", "readout": "mean", "angles": 3}],
 }
 # intervention that switches the oscillator term off, per variant
 OFF_SWITCH: dict[str, dict] = {

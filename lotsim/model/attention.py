@@ -112,6 +112,14 @@ class Attention(nn.Module):
     intervention_names: ClassVar[tuple[str, ...]] = ()
     # `lotsim compare` arms ATTENTION:ABLATION: name -> {"options": {...}, "freeze": [parameter suffixes]}
     ablations: ClassVar[dict[str, dict[str, Any]]] = {}
+    # `lotsim compare` arms ATTENTION:READING: alternative readings of a paper, name -> {"options": {...}}
+    readings: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def arm_presets(cls) -> dict[str, dict[str, Any]]:
+        """Every named arm variant (ablations and readings) as ``{"options": {...}, "freeze": [...]}``."""
+        presets = {name: {"options": {}, "freeze": [], **spec} for name, spec in cls.readings.items()}
+        return {**presets, **cls.ablations}
 
     def __init__(self, config: ModelConfig, options: AttentionOptions, layer: int = 0):
         super().__init__()

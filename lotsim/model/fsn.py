@@ -52,43 +52,36 @@ Legend: ``b`` batch, ``t`` tokens, ``h`` heads, ``m`` angles per head, ``M`` har
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from lotsim.model.attention import AttentionOptions, register_attention
+from lotsim.model.attention import register_attention
 from lotsim.model.interventions import override
 from lotsim.model.rope import Rope
 from lotsim.model.torus import (
     PhaseStateAttention,
+    PhaseStateOptions,
     TorusIntermediates,
     causal_attention,
     causal_softmax,
-    drifted_features,
-    materialised_scores,
 )
 
 
-class FSNOptions(AttentionOptions):
-    """Options of the ``fsn`` attention.
+class FSNOptions(PhaseStateOptions):
+    """Options of the ``fsn`` attention (besides :class:`~lotsim.model.torus.PhaseStateOptions`).
 
     Attributes:
-        angles: m, angles per head (default d/2).
         harmonics: M, harmonics of the coupling kernel.
-        gate_init: initial score gate g (> 0); None -> 1/sqrt(m) (as ``torus``).
         coupling_init: initial Re c_1 (attractive first harmonic); other coefficients start at 0.
         delay_init: initial Re d_1.
-        implementation: ``fused`` (two SDPA calls) or ``materialised`` (explicit; test oracle).
     """
 
-    angles: int | None = Field(default=None, ge=1)
     harmonics: int = Field(default=2, ge=1, le=8)
-    gate_init: float | None = Field(default=None, gt=0)
     coupling_init: float = 0.5
     delay_init: float = 0.5
-    implementation: Literal["fused", "materialised"] = "fused"
 
 
 def harmonic_values(theta: torch.Tensor, harmonics: int) -> torch.Tensor:
@@ -205,14 +198,17 @@ class FSNAttention(PhaseStateAttention):
             parts += [re, im]
         return torch.stack(parts)
 
-    def update(self, theta: torch.Tensor, kernel: torch.Tensor, gate: torch.Tensor, rate: torch.Tensor
-               ) -> torch.Tensor:
-        """The frustrated coupling plus delay term (b, t, h, m) of phases theta (b, t, h, m)."""
+    def update(self, x: torch.Tensor, theta: torch.Tensor, kernel: torch.Tensor, gate: torch.Tensor,
+               rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frustrated coupling plus delay term (b, t, h, m) of phases theta (b, t, h, m), and the
+        first-harmonic circular mean ``sum_u A_tu [cos, sin] theta_u`` (b, h, t, 2m) of the direct branch."""
+        m = theta.shape[-1]
         if self.options.implementation == "materialised":
-            scores = materialised_scores(theta, rate, gate)
+            scores = self.score_weights(x, theta, gate, rate)
             weights, delay_weights = causal_softmax(scores), causal_softmax(scores, strict=True)
-            return materialised_frustrated_update(theta, weights, delay_weights, kernel)
-        q2, k2 = drifted_features(theta, rate, gate)  # (b, h, t, 2m)
+            mean = weights @ harmonic_values(theta, 1)
+            return materialised_frustrated_update(theta, weights, delay_weights, kernel), mean
+        q2, k2 = self.score_features(x, theta, gate, rate)  # (b, h, t, 2m)
         values = harmonic_values(theta, self.harmonics)  # (b, h, t, 2mM)
         p = self.dropout if self.training else 0.0
         direct = causal_attention(q2, k2, values, scale=1.0, dropout_p=p)
@@ -223,8 +219,9 @@ class FSNAttention(PhaseStateAttention):
         shifted = causal_attention(q2.roll(-1, 2), k2, values.roll(-1, 2), scale=1.0, dropout_p=p)
         first = torch.arange(theta.shape[1], device=theta.device) == 0
         delay = shifted.roll(1, 2).masked_fill(first[:, None], 0.0)  # token 0 has no predecessor
-        return frustrated_coupling(direct, theta, kernel[0], kernel[1]) + \
+        delta = frustrated_coupling(direct, theta, kernel[0], kernel[1]) + \
             frustrated_coupling(delay, theta, kernel[2], kernel[3])
+        return delta, direct[..., :2 * m]
 
     def forward(self, x: torch.Tensor, rope: Rope, *, return_intermediates: bool = False,
                 interventions: Mapping[str, Any] | None = None
@@ -234,14 +231,17 @@ class FSNAttention(PhaseStateAttention):
         theta0 = self.initial_phases(x, iv)  # (b, t, h, m)
         gate, rate = self.score_parameters(iv)
         kernel = self.coefficients(iv)
-        theta = theta0 + self.update(theta0, kernel, gate, rate)
-        y = self.readout(theta)
+        delta, mean = self.update(x, theta0, kernel, gate, rate)
+        theta = theta0 + delta
+        y = self.readout(theta, mean)
         if not return_intermediates:
             return y, None
         return y, self.telemetry(theta0, theta, torch.hypot(kernel[0], kernel[1]), gate, rate)
 
     def extra_repr(self) -> str:
-        return f"angles={self.angles}, harmonics={self.harmonics}, {self.options.implementation}"
+        o: FSNOptions = self.options
+        return (f"angles={self.angles}, harmonics={self.harmonics}, score={o.score}, readout={o.readout}, "
+                f"{o.implementation}")
 
 
 __all__ = ["FSNAttention", "FSNOptions", "frustrated_coupling", "harmonic_values",

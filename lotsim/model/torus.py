@@ -90,33 +90,39 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return y[..., :f]
 
 
-def drifted_features(theta: torch.Tensor, rotary_rate: torch.Tensor, gate: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def _drifted(theta: torch.Tensor, rotary_rate: torch.Tensor) -> torch.Tensor:
+    """``a = theta + rho * position``, (b, t, h, m) -> (b, h, t, m)."""
+    position = torch.arange(theta.shape[1], dtype=theta.dtype, device=theta.device)
+    return (theta + position[:, None, None] * rotary_rate).transpose(1, 2)
+
+
+def drifted_features(theta: torch.Tensor, rotary_rate: torch.Tensor, gate: torch.Tensor,
+                     key_theta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Score features of the gated cosine similarity with rotary drift.
 
     Args:
-        theta: (b, t, h, m) phases.
+        theta: (b, t, h, m) query phases (and key phases unless ``key_theta`` is given).
         rotary_rate: (h, m) rho.
         gate: (h, m) g.
+        key_theta: (b, t, h, m) separate key phases (the ``score="qk"`` reading), or None.
 
     Returns:
-        q', k' each (b, h, t, 2m) with ``q'_t . k'_u = sum_c g_c cos(a_tc - a_uc)``,
-        ``a = theta + rho * position``.
+        q', k' each (b, h, t, 2m) with ``q'_t . k'_u = sum_c g_c cos(a_tc - b_uc)``,
+        ``a = theta + rho * position``, ``b`` the same of the key phases.
     """
-    t = theta.shape[1]
-    position = torch.arange(t, dtype=theta.dtype, device=theta.device)
-    a = (theta + position[:, None, None] * rotary_rate).transpose(1, 2)  # b t h m -> b h t m
-    cos, sin = torch.cos(a), torch.sin(a)
-    return torch.cat([gate[:, None, :] * cos, gate[:, None, :] * sin], -1), torch.cat([cos, sin], -1)
+    a = _drifted(theta, rotary_rate)
+    bk = a if key_theta is None else _drifted(key_theta, rotary_rate)
+    q = torch.cat([gate[:, None, :] * torch.cos(a), gate[:, None, :] * torch.sin(a)], -1)
+    return q, torch.cat([torch.cos(bk), torch.sin(bk)], -1)
 
 
-def materialised_scores(theta: torch.Tensor, rotary_rate: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """Reference scores ``s[b, h, t, u] = sum_c g_c cos(a_tc - a_uc)`` from explicit differences
+def materialised_scores(theta: torch.Tensor, rotary_rate: torch.Tensor, gate: torch.Tensor,
+                        key_theta: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference scores ``s[b, h, t, u] = sum_c g_c cos(a_tc - b_uc)`` from explicit differences
     (tests only; (b, h, t, t, m) memory)."""
-    t = theta.shape[1]
-    position = torch.arange(t, dtype=theta.dtype, device=theta.device)
-    a = (theta + position[:, None, None] * rotary_rate).transpose(1, 2)  # (b, h, t, m)
-    return (gate[:, None, None, :] * torch.cos(a[:, :, :, None, :] - a[:, :, None, :, :])).sum(-1)
+    a = _drifted(theta, rotary_rate)
+    bk = a if key_theta is None else _drifted(key_theta, rotary_rate)
+    return (gate[:, None, None, :] * torch.cos(a[:, :, :, None, :] - bk[:, :, None, :, :])).sum(-1)
 
 
 def causal_softmax(scores: torch.Tensor, strict: bool = False) -> torch.Tensor:
@@ -176,27 +182,44 @@ class AttentionOperator(CouplingOperator):
                                  self.dropout_p)
 
 
-class TorusOptions(AttentionOptions):
-    """Options of the ``torus`` attention.
+class PhaseStateOptions(AttentionOptions):
+    """Options shared by the phase-state variants (``torus``, ``fsn``): the readings of the papers'
+    text that the abstracts leave open (docs/attentions.md, "Readings").
 
     Attributes:
         angles: m, angles per head (default d/2, so the score features are d wide).
-        n_steps: Kuramoto steps per layer through the core (1 = the paper's single update).
-        dt: step of the integrator.
-        method: euler | heun | rk4.
         gate_init: initial score gate g (> 0); None -> 1/sqrt(m), so the score of independent uniform
             phases has variance m g^2 / 2 = 1/2 whatever m.
-        coupling_init: initial coupling eta.
+        score: ``shared`` (query and key are the token's own phase state: ``cos(theta_t - theta_u)``)
+            or ``qk`` (the gated cosine similarity of separate query and key phases, each the atan2 of
+            two learned projections of x; the values stay the phase state).
+        readout: ``phase`` (``out([cos theta', sin theta'])``) or ``mean`` (also the attention-weighted
+            circular mean ``sum_u A_tu e^{i theta_u}`` the update is the tangent component of:
+            ``out([cos theta', sin theta', Re, Im])``).
         implementation: ``fused`` (SDPA) or ``materialised`` (explicit T x T weights; test oracle).
     """
 
     angles: int | None = Field(default=None, ge=1)
+    gate_init: float | None = Field(default=None, gt=0)
+    score: Literal["shared", "qk"] = "shared"
+    readout: Literal["phase", "mean"] = "phase"
+    implementation: Literal["fused", "materialised"] = "fused"
+
+
+class TorusOptions(PhaseStateOptions):
+    """Options of the ``torus`` attention (besides :class:`PhaseStateOptions`).
+
+    Attributes:
+        n_steps: Kuramoto steps per layer through the core (1 = the paper's single update).
+        dt: step of the integrator.
+        method: euler | heun | rk4.
+        coupling_init: initial coupling eta.
+    """
+
     n_steps: int = Field(default=1, ge=0, le=64)
     dt: float = Field(default=1.0, gt=0)
     method: Literal["euler", "heun", "rk4"] = "euler"
-    gate_init: float | None = Field(default=None, gt=0)
     coupling_init: float = 1.0
-    implementation: Literal["fused", "materialised"] = "fused"
 
 
 @dataclass
@@ -237,7 +260,15 @@ class TorusIntermediates(Intermediates):
 class PhaseStateAttention(Attention):
     """Shared plumbing of the phase-state variants (``torus``, ``fsn``): content phases, gated
     cosine scores with rotary drift, cos/sin readout. Parameters ``phase`` (D -> 2hm), ``out``
-    (2hm -> D), ``gate_raw`` and ``rotary_rate`` (h, m)."""
+    (2hm -> D, or 4hm -> D with ``readout="mean"``), ``gate_raw`` and ``rotary_rate`` (h, m), and with
+    ``score="qk"`` ``score_phase`` (D -> 4hm: query and key pairs)."""
+
+    # named readings of the papers' text (options only; `lotsim compare` arms ATTENTION:READING)
+    readings: ClassVar[dict[str, dict[str, Any]]] = {
+        "qk": {"options": {"score": "qk"}},
+        "mean": {"options": {"readout": "mean"}},
+        "qk-mean": {"options": {"score": "qk", "readout": "mean"}},
+    }
 
     def __init__(self, config, options, layer: int = 0):
         super().__init__(config, options, layer)
@@ -245,24 +276,47 @@ class PhaseStateAttention(Attention):
         self.rope_base = config.rope_base
         width = 2 * self.n_heads * self.angles
         self.phase = nn.Linear(self.d_model, width, bias=False)
-        self.out = nn.Linear(width, self.d_model, bias=False)
+        self.score_phase = nn.Linear(self.d_model, 2 * width, bias=False) if options.score == "qk" else None
+        self.out = nn.Linear(2 * width if options.readout == "mean" else width, self.d_model, bias=False)
         self.gate_raw = nn.Parameter(torch.empty(self.n_heads, self.angles))
         self.rotary_rate = nn.Parameter(torch.empty(self.n_heads, self.angles))
 
     @torch.no_grad()
     def init_parameters(self, std: float) -> None:
-        """Phase projection ~ N(0, 1/D) (unit-size complex pairs), gates, RoPE-spectrum rotary rates."""
+        """Phase projections ~ N(0, 1/D) (unit-size complex pairs), gates, RoPE-spectrum rotary rates."""
         nn.init.normal_(self.phase.weight, std=1.0 / math.sqrt(self.d_model))
+        if self.score_phase is not None:
+            nn.init.normal_(self.score_phase.weight, std=1.0 / math.sqrt(self.d_model))
         gate = self.options.gate_init or 1.0 / math.sqrt(self.angles)
         self.gate_raw.fill_(inverse_softplus(gate))
         c = torch.arange(self.angles, dtype=self.rotary_rate.dtype, device=self.rotary_rate.device)
         self.rotary_rate.copy_((self.rope_base ** (-c / self.angles)).expand(self.n_heads, -1))
 
+    def _angles_of(self, projection: torch.Tensor) -> torch.Tensor:
+        """(b, t, k*2hm) pairs -> (b, t, k*h, m) angles atan2(p1, p0)."""
+        b, t, _ = projection.shape
+        pair = projection.view(b, t, -1, self.angles, 2)
+        return torch.atan2(pair[..., 1], pair[..., 0])
+
     def content_phases(self, x: torch.Tensor) -> torch.Tensor:
         """theta0 (b, t, h, m) = atan2 of two projections of x (b, t, D)."""
-        b, t, _ = x.shape
-        pair = self.phase(x).view(b, t, self.n_heads, self.angles, 2)
-        return torch.atan2(pair[..., 1], pair[..., 0])
+        return self._angles_of(self.phase(x))
+
+    def score_features(self, x: torch.Tensor, theta0: torch.Tensor, gate: torch.Tensor, rate: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused score features q', k' (b, h, t, 2m) of the gated cosine similarity."""
+        if self.score_phase is None:
+            return drifted_features(theta0, rate, gate)
+        query, key = self._angles_of(self.score_phase(x)).chunk(2, dim=2)
+        return drifted_features(query, rate, gate, key_theta=key)
+
+    def score_weights(self, x: torch.Tensor, theta0: torch.Tensor, gate: torch.Tensor, rate: torch.Tensor
+                      ) -> torch.Tensor:
+        """Materialised scores (b, h, t, t) (the reference of :meth:`score_features`)."""
+        if self.score_phase is None:
+            return materialised_scores(theta0, rate, gate)
+        query, key = self._angles_of(self.score_phase(x)).chunk(2, dim=2)
+        return materialised_scores(query, rate, gate, key_theta=key)
 
     def score_parameters(self, iv: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(gate, rotary_rate), each (h, m), with interventions applied."""
@@ -278,10 +332,14 @@ class PhaseStateAttention(Attention):
         theta0 = self.content_phases(x)
         return override(theta0, iv["phases"]) if "phases" in iv else theta0
 
-    def readout(self, theta: torch.Tensor) -> torch.Tensor:
-        """(b, t, h, m) -> (b, t, D) = out([cos theta, sin theta])."""
+    def readout(self, theta: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, t, h, m) -> (b, t, D) = out([cos theta, sin theta]), with ``readout="mean"`` also the
+        circular mean ``mean`` (b, h, t, 2m) = sum_u A_tu [cos, sin] theta_u."""
         b, t = theta.shape[:2]
-        return self.out(torch.cat([torch.cos(theta), torch.sin(theta)], -1).reshape(b, t, -1))
+        features = torch.cat([torch.cos(theta), torch.sin(theta)], -1)  # (b, t, h, 2m)
+        if self.options.readout == "mean":
+            features = torch.cat([features, mean.transpose(1, 2)], -1)
+        return self.out(features.reshape(b, t, -1))
 
     def telemetry(self, theta0, theta, coupling, gate, rate) -> TorusIntermediates:
         b, t = theta.shape[:2]
@@ -321,21 +379,16 @@ class TorusAttention(PhaseStateAttention):
         super().init_parameters(std)
         self.coupling.fill_(self.options.coupling_init)
 
-    def kuramoto_system(self, theta0: torch.Tensor, coupling: torch.Tensor, gate: torch.Tensor,
-                        rate: torch.Tensor) -> KuramotoSystem:
-        """The token-oscillator system of one sequence batch: state (b*h, t*m), coupling operator =
-        the causal attention of the drifted content phases, coupling eta per (h, m)."""
+    def attention_operator(self, x: torch.Tensor, theta0: torch.Tensor, gate: torch.Tensor, rate: torch.Tensor
+                           ) -> AttentionOperator:
+        """The causal attention of the score phases as a coupling operator over (token x channel)."""
         b, t, h, m = theta0.shape
-        o: TorusOptions = self.options
-        if o.implementation == "materialised":
-            weights = causal_softmax(materialised_scores(theta0, rate, gate))
-            q2 = k2 = theta0.new_zeros(b, h, t, 1)
-            operator = AttentionOperator(q2, k2, m, weights=weights)
-        else:
-            q2, k2 = drifted_features(theta0, rate, gate)
-            operator = AttentionOperator(q2, k2, m, dropout_p=self.dropout if self.training else 0.0)
-        eta = coupling[None, :, None, :].expand(b, h, t, m).reshape(b * h, t * m)
-        return KuramotoSystem(omega=theta0.new_zeros(()), coupling=eta, operator=operator)
+        if self.options.implementation == "materialised":
+            weights = causal_softmax(self.score_weights(x, theta0, gate, rate))
+            empty = theta0.new_zeros(b, h, t, 1)
+            return AttentionOperator(empty, empty, m, weights=weights)
+        q2, k2 = self.score_features(x, theta0, gate, rate)
+        return AttentionOperator(q2, k2, m, dropout_p=self.dropout if self.training else 0.0)
 
     def forward(self, x: torch.Tensor, rope: Rope, *, return_intermediates: bool = False,
                 interventions: Mapping[str, Any] | None = None
@@ -347,24 +400,32 @@ class TorusAttention(PhaseStateAttention):
         gate, rate = self.score_parameters(iv)
         coupling = override(self.coupling, iv["coupling"]) if "coupling" in iv else self.coupling
         b, t, h, m = theta0.shape
-        system = self.kuramoto_system(theta0, coupling, gate, rate)
+        operator = self.attention_operator(x, theta0, gate, rate)
+        eta = coupling[None, :, None, :].expand(b, h, t, m).reshape(b * h, t * m)
+        system = KuramotoSystem(omega=theta0.new_zeros(()), coupling=eta, operator=operator)
         integrator = kuramoto_integrator(system, method=o.method, dt=o.dt)
         state0 = theta0.transpose(1, 2).reshape(b * h, t * m)  # b t h m -> (b h) (t m)
         theta = integrator.step_fn(integrator.init_fn(state0), o.n_steps).theta
         theta = theta.reshape(b, h, t, m).transpose(1, 2)  # -> b t h m
-        y = self.readout(theta)
+        mean = None
+        if o.readout == "mean":  # sum_u A_tu [cos, sin] theta0_u, channel by channel
+            values = torch.stack([torch.cos(state0), torch.sin(state0)], -1)  # (b h, t m, 2)
+            mean = operator.aggregate(values).reshape(b, h, t, m, 2).transpose(-1, -2).reshape(b, h, t, 2 * m)
+        y = self.readout(theta, mean)
         if not return_intermediates:
             return y, None
         return y, self.telemetry(theta0, theta, coupling, gate, rate)
 
     def extra_repr(self) -> str:
         o: TorusOptions = self.options
-        return f"angles={self.angles}, n_steps={o.n_steps}, dt={o.dt}, method={o.method}, {o.implementation}"
+        return (f"angles={self.angles}, n_steps={o.n_steps}, dt={o.dt}, method={o.method}, score={o.score}, "
+                f"readout={o.readout}, {o.implementation}")
 
 
 __all__ = [
     "AttentionOperator",
     "PhaseStateAttention",
+    "PhaseStateOptions",
     "TorusAttention",
     "TorusIntermediates",
     "TorusOptions",

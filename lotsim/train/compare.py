@@ -74,10 +74,10 @@ def parse_arms(spec: str | list[str]) -> list[Arm]:
             raise ValueError(f"arm {name!r}: unknown attention {attention!r}; available: "
                              f"{', '.join(available_attentions())}")
         if ablation:
-            allowed = get_attention(attention).ablations
+            allowed = get_attention(attention).arm_presets()
             if ablation not in allowed:
                 raise ValueError(f"arm {name!r}: unknown ablation {ablation!r}; {attention} allows: "
-                                 f"{', '.join(allowed) or 'none'}")
+                                 f"{', '.join(allowed) or 'none'} (ablations and readings)")
         arms.append(Arm(name, attention, ablation or None))
     return arms
 
@@ -104,7 +104,7 @@ def arm_recipes(base: TrainingRecipe, arms: list[Arm], reference: str | None = N
         if arm.ablation:
             from lotsim.model import get_attention
 
-            spec = get_attention(arm.attention).ablations[arm.ablation]
+            spec = get_attention(arm.attention).arm_presets()[arm.ablation]
             allowed = get_attention(arm.attention).Options.model_fields
             options.update({k: v for k, v in spec["options"].items() if k in allowed})
             config = ModelConfig.model_validate({**base.model.model_dump(), "attention": arm.attention,
