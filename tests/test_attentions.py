@@ -28,12 +28,12 @@ from lotsim.model import (
     parse_intervention_specs,
 )
 from lotsim.model.fsn import frustrated_coupling, harmonic_values
-from lotsim.model.oracles import materialised_phase_attention, materialised_prefix_statistics
-from lotsim.model.phase import fused_phase_attention
+from lotsim.model.oracles import materialised_phase_attention, materialised_prefix_statistics, materialised_scores
+from lotsim.model.phase import causal_softmax, fused_phase_attention
+from lotsim.model.phase_state import drifted_features
 from lotsim.model.pma import prefix_statistics
 from lotsim.model.rope import Rope
 from lotsim.model.ssa import _use_flex, flex_ssa, locking, materialised_ssa
-from lotsim.model.torus import causal_softmax, drifted_features, materialised_scores
 
 B, T, V = 2, 10, 29
 BASE = dict(vocab_size=V, seq_len=16, d_model=32, n_layers=2, n_heads=4)

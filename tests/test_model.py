@@ -309,7 +309,7 @@ def test_vanilla_has_no_regularisers_and_empty_telemetry():
 
 
 # variants whose tokens carry oscillator phases: their telemetry is a PhaseIntermediates
-PHASE_VARIANTS = ("lattice", "pma")
+PHASE_VARIANTS = ("lattice", "pma", "torus", "fsn")
 
 
 @pytest.mark.parametrize("attention", PHASE_VARIANTS)

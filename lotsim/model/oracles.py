@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from lotsim.model.phase import SCORES, causal_mask
+from lotsim.model.phase import SCORES, advance, causal_mask, heads_first
 
 
 def materialised_phase_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, phases: torch.Tensor,
@@ -76,4 +76,50 @@ def materialised_prefix_statistics(phases: torch.Tensor, key_phases: torch.Tenso
     return r.transpose(1, 2), var.transpose(1, 2)
 
 
-__all__ = ["materialised_phase_attention", "materialised_prefix_statistics"]
+def materialised_scores(theta: torch.Tensor, rotary_rate: torch.Tensor, gate: torch.Tensor,
+                        key_theta: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference for the phase-state scores ``s[b, h, t, u] = sum_c g_c cos(a_tc - b_uc)`` from
+    explicit differences ((b, h, t, t, m) memory); see :func:`lotsim.model.phase_state.drifted_features`.
+
+    Args:
+        theta: (b, t, h, m) query phases (and key phases unless ``key_theta`` is given).
+        rotary_rate: (h, m) rho; ``a = theta + rho * position``, ``b`` the same of the key phases.
+        gate: (h, m) g.
+        key_theta: (b, t, h, m) separate key phases, or None.
+
+    Returns:
+        (b, h, t, u) scores (no mask).
+    """
+    a = heads_first(advance(theta, rotary_rate))  # (b, h, t, m)
+    bk = a if key_theta is None else heads_first(advance(key_theta, rotary_rate))
+    return (gate[:, None, None, :] * torch.cos(a[:, :, :, None, :] - bk[:, :, None, :, :])).sum(-1)
+
+
+def materialised_frustrated_update(theta: torch.Tensor, weights: torch.Tensor, delay_weights: torch.Tensor,
+                                   kernel: torch.Tensor) -> torch.Tensor:
+    """Reference for ``fsn``'s update from explicit pairwise differences ((b, h, t, t, m) memory).
+
+    ``sum_k sum_u A_tu [a_k sin(k(theta_u - theta_t)) + b_k cos(k(theta_u - theta_t))]`` plus the same
+    with A' and theta_{u+1}; ``a sin x + b cos x = |c| sin(x - alpha)`` for ``c = a + ib = |c| e^{-i alpha}``.
+
+    Args:
+        theta: (b, t, h, m); weights, delay_weights: (b, h, t, t) A and A'; kernel: (4, h, m, M)
+            (Re c, Im c, Re d, Im d).
+
+    Returns:
+        (b, t, h, m).
+    """
+    th = theta.transpose(1, 2)  # (b, h, t, m)
+    successor = th.roll(-1, dims=2)  # theta_{u+1}; the wrapped last row gets weight 0 in A'
+    total = torch.zeros_like(th)
+    for k in range(kernel.shape[-1]):
+        branches = ((weights, th, kernel[0], kernel[1]), (delay_weights, successor, kernel[2], kernel[3]))
+        for w, src, re, im in branches:
+            diff = (k + 1) * (src[:, :, None, :, :] - th[:, :, :, None, :])  # (b, h, t, u, m)
+            pair = re[:, None, None, :, k] * torch.sin(diff) + im[:, None, None, :, k] * torch.cos(diff)
+            total = total + (w[..., None] * pair).sum(3)
+    return total.transpose(1, 2)
+
+
+__all__ = ["materialised_frustrated_update", "materialised_phase_attention", "materialised_prefix_statistics",
+           "materialised_scores"]
