@@ -188,10 +188,9 @@ def phase_features(phases: torch.Tensor, gain: torch.Tensor, q: torch.Tensor | N
     Returns:
         (q', k'), each (b, h, t, e): e = d + 2m (additive; 2m without q, k) or 3d (multiplicative).
     """
-    psi = phases if key_phases is None else key_phases
     g = gain[:, None, :]  # (h, 1, m)
     cos_phi, sin_phi = torch.cos(phases), torch.sin(phases)
-    cos_psi, sin_psi = (cos_phi, sin_phi) if key_phases is None else (torch.cos(psi), torch.sin(psi))
+    cos_psi, sin_psi = (cos_phi, sin_phi) if key_phases is None else (torch.cos(key_phases), torch.sin(key_phases))
     if score == "additive":
         qs, ks = [g * cos_phi, g * sin_phi], [cos_psi, sin_psi]
         if q is not None:
@@ -210,10 +209,10 @@ def fused_phase_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pha
                           temperature: torch.Tensor | None = None) -> torch.Tensor:
     """Phase-modulated causal attention as ONE ``scaled_dot_product_attention`` call.
 
-    Scores, per head h (softmax over keys u <= t)::
+    Scores, per head h (softmax over keys u <= t), divided by tau_t when a temperature is given::
 
         additive:        q.k / sqrt(d) + a_h cos(phi_t - psi_u)
-        multiplicative: (q.k / sqrt(d)) (1 - a_h + a_h cos(phi_t - psi_u)) / tau_t
+        multiplicative: (q.k / sqrt(d)) (1 - a_h + a_h cos(phi_t - psi_u))
 
     Args:
         q, k, v: (b, h, t, d).
