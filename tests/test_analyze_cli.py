@@ -12,7 +12,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, invoke
+from conftest import assert_one_line_error as one_line_error
+from conftest import invoke
 
 import lotsim
 from lotsim.analysis.order import analyze_order
@@ -180,7 +181,7 @@ def test_transition_adiabatic_sweeps(tmp_path):
 
 
 def test_transition_needs_a_sweep(runs):
-    assert_one_line_error(invoke("analyze", "transition", runs["sync"]), "at least 3 couplings")
+    one_line_error(invoke("analyze", "transition", runs["sync"]), "at least 3 couplings")
 
 
 @pytest.mark.slow
@@ -230,7 +231,7 @@ def test_movie_mp4_without_ffmpeg_suggests_gif(runs, tmp_path):
         pytest.skip("imageio-ffmpeg provides ffmpeg")
     except ImportError:
         pass
-    assert_one_line_error(invoke("analyze", "movie", runs["vortex"], "--out", tmp_path / "m.mp4"), ".gif")
+    one_line_error(invoke("analyze", "movie", runs["vortex"], "--out", tmp_path / "m.mp4"), ".gif")
 
 
 # ----------------------------------------------------------------------------------------- defects
@@ -266,15 +267,15 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path):
     plain = tmp_path / "plain.h5"
     with h5py.File(plain, "w") as f:
         f["x"] = 1
-    assert_one_line_error(invoke("analyze", "order", tmp_path / "missing.h5"), "no such file")
-    assert_one_line_error(invoke("analyze", "order", text), "not an HDF5 file")
-    assert_one_line_error(invoke("analyze", "defects", plain), "not an H5MD trajectory")
-    assert_one_line_error(invoke("analyze", "defects", runs["sync"]), "complete graph")
-    assert_one_line_error(invoke("analyze", "snapshot", runs["vortex"], "--frame", "99"), "--frame 99 is out of range")
-    assert_one_line_error(invoke("analyze", "order", runs["vortex"], "--replica", "3"), "--replica 3 is out of range")
-    assert_one_line_error(invoke("analyze", "order", runs["vortex"], "--transient", "1e6"), "beyond the last frame")
-    assert_one_line_error(invoke("analyze", "movie", runs["vortex"], "--out", tmp_path / "m.avi"), ".gif or .mp4")
-    assert_one_line_error(invoke("analyze", "order", runs["vortex"], "--frequency-method", "slope"), "fit or endpoints")
+    one_line_error(invoke("analyze", "order", tmp_path / "missing.h5"), "no such file")
+    one_line_error(invoke("analyze", "order", text), "not an HDF5 file")
+    one_line_error(invoke("analyze", "defects", plain), "not an H5MD trajectory")
+    one_line_error(invoke("analyze", "defects", runs["sync"]), "complete graph")
+    one_line_error(invoke("analyze", "snapshot", runs["vortex"], "--frame", "99"), "--frame 99 is out of range")
+    one_line_error(invoke("analyze", "order", runs["vortex"], "--replica", "3"), "--replica 3 is out of range")
+    one_line_error(invoke("analyze", "order", runs["vortex"], "--transient", "1e6"), "beyond the last frame")
+    one_line_error(invoke("analyze", "movie", runs["vortex"], "--out", tmp_path / "m.avi"), ".gif or .mp4")
+    one_line_error(invoke("analyze", "order", runs["vortex"], "--frequency-method", "slope"), "fit or endpoints")
 
 
 # ---------------------------------------------------------------------------- streaming and partial
