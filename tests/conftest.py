@@ -1,7 +1,8 @@
 """Shared test helpers.
 
-Fixtures are found by pytest; the plain helpers are imported by the test modules
-(``from conftest import invoke``; the tests folder is on ``sys.path`` during a run).
+Fixtures are found by pytest; the plain helpers are imported by the test modules as
+``from tests.conftest import invoke`` (the repository root is on ``sys.path``: pytest's
+``pythonpath``, or the working directory of a test's subprocess that imports a test module).
 """
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_one_line_error as one_line_error
-from conftest import invoke
 
 import lotsim
 from lotsim.analysis.order import analyze_order
 from lotsim.io import Trajectory, TrajectoryWriter, open_trajectory
+from tests.conftest import assert_one_line_error as one_line_error
+from tests.conftest import invoke
 
 
 def simulate(path, *args):

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import tomli_w
 import torch
-from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
 from lotsim.cli import app
@@ -39,6 +38,7 @@ from lotsim.export import (
 )
 from lotsim.model import LOTModel, ModelConfig, available_attentions
 from lotsim.train.checkpoint import save_checkpoint
+from tests.conftest import assert_one_line_error
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

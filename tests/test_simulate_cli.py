@@ -9,9 +9,9 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import invoke
 
 from lotsim.io import open_trajectory
+from tests.conftest import invoke
 
 SMALL = ["--topology", "square", "--shape", "8x8", "--coupling", "0:2:3", "--steps", "60", "--save-every", "5",
          "--normalization", "degree"]

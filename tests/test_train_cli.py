@@ -7,7 +7,8 @@ import json
 
 import h5py
 import pytest
-from conftest import invoke
+
+from tests.conftest import invoke
 
 TINY = ["--set", "task.length=4", "--set", "task.n_symbols=6", "--set", "model.d_model=16", "--set", "model.n_heads=4",
         "--steps", "6", "--set", "train.batch_size=4", "--set", "train.eval_every=3", "--set", "train.eval_batches=2",
