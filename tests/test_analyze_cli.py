@@ -118,7 +118,8 @@ def test_two_antiphase_clusters_and_uniform_phases_from_synthetic_files(tmp_path
 def test_order_plot_writes_pngs_next_to_the_file(runs):
     out = analyze_json("order", runs["twisted"], "--plot", "--svg")
     names = sorted(p.rsplit("/", 1)[-1] for p in out["plots"])
-    assert names == ["twisted_order.png", "twisted_order.svg", "twisted_potential.png", "twisted_potential.svg"]
+    assert names == ["twisted_frequency_profile.png", "twisted_frequency_profile.svg", "twisted_order.png",
+                     "twisted_order.svg", "twisted_potential.png", "twisted_potential.svg"]
     for path in out["plots"]:
         assert str(runs["twisted"].parent / "plots") in path
         if path.endswith(".png"):

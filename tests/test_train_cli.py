@@ -61,7 +61,7 @@ def test_eval_writes_metrics_json(run_dir):
 
 
 def test_analyze_run_plot_and_json(run_dir):
-    result = invoke("analyze", "run", run_dir, "--json")
+    result = invoke("analyze", "run", run_dir, "--json", "--plot")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     layer = summary["layers"]["layer_00"]

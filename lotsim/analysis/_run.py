@@ -96,7 +96,9 @@ class RunInfo:
         shape = "x".join(map(str, self.shape)) if self.shape and self.topology not in ("ring", "chain", "complete") \
             else f"N={self.n_nodes}"
         topo = self.topology if self.topology != "unknown" else "graph"
-        bc = "" if self.topology in ("complete", "unknown") else (" periodic" if lat.get("periodic", True) else " open")
+        # boundary conditions mean something on grids only (a ring is periodic, a chain open by name)
+        grid = self.topology in ("square", "triangular", "hexagonal", "hypercubic")
+        bc = "" if not grid else (" periodic" if lat.get("periodic", True) else " open")
         return f"{self.path.name} ({topo} {shape}{bc})"
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lotsim import observables as obs
+from lotsim.analysis._group import open_group
 from lotsim.analysis._run import (
     Progress,
     RunInfo,
@@ -26,7 +27,7 @@ from lotsim.analysis._run import (
     read_run_info,
     stream_blocks,
 )
-from lotsim.io import Trajectory, open_trajectory
+from lotsim.io import Trajectory
 
 
 @dataclass
@@ -42,6 +43,7 @@ class DefectReport:
         final_charges: Face charges of the final frame [s, f] (2-D).
         final_phase: Phases of the final frame [s, N] (for plots).
         positions: Node positions [N, d] for plots (None without geometry).
+        group: The particles group analysed when one was asked for, else None.
     """
 
     info: RunInfo
@@ -57,6 +59,7 @@ class DefectReport:
     final_phase: np.ndarray | None = None
     positions: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    group: str | None = None
 
     @property
     def density(self) -> np.ndarray | None:
@@ -86,7 +89,8 @@ class DefectReport:
             rows.append(row)
         return {"file": str(info.path), "lattice": info.label, "kind": self.kind, "n": info.n_nodes,
                 "n_frames": info.n_frames, "n_faces": self.n_faces if self.kind != "ring" else None,
-                "time": info.times[keep].tolist(), "replicas": rows, "warnings": list(self.warnings)}
+                "time": info.times[keep].tolist(), "replicas": rows, "warnings": list(self.warnings),
+                "group": self.group}
 
 
 def lattice_faces(traj: Trajectory, info: RunInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +125,7 @@ def lattice_faces(traj: Trajectory, info: RunInfo) -> tuple[np.ndarray, np.ndarr
 
 
 def analyze_defects(path, *, replica: int | None = None, chunk_frames: int | None = None,
-                    progress: Progress | None = None) -> DefectReport:
+                    progress: Progress | None = None, group: str | None = None) -> DefectReport:
     """Winding numbers (rings) or vortex counts (2-D lattices) for every frame.
 
     Args:
@@ -129,11 +133,12 @@ def analyze_defects(path, *, replica: int | None = None, chunk_frames: int | Non
         replica: One replica (default: all).
         chunk_frames: Frames per streamed block.
         progress: Called as ``progress(frames_done, n_frames)``.
+        group: The particles group (default: the file's oscillators; e.g. ``layer_00`` of telemetry).
 
     Raises:
-        ValueError: Bad file or replica, or a lattice without defects of either kind.
+        ValueError: Bad file, group or replica, or a lattice without defects of either kind.
     """
-    with open_trajectory(path) as traj:
+    with open_group(path, group) as traj:
         info = read_run_info(traj)
         reps = check_replica(info, replica)
         n_frames, s = info.n_frames, len(reps)
@@ -143,7 +148,7 @@ def analyze_defects(path, *, replica: int | None = None, chunk_frames: int | Non
                 winding[frames] = obs.winding_number(block[:, reps])
                 final_phase = block[-1, reps]
             return DefectReport(info=info, replicas=reps, kind="ring", winding=winding, final_phase=final_phase,
-                                warnings=list(info.warnings))
+                                warnings=list(info.warnings), group=group)
         if info.topology == "chain":
             raise ValueError(f"{info.path}: a chain (open ends) has no winding number; "
                              "simulate a ring (--topology ring)")
@@ -159,4 +164,4 @@ def analyze_defects(path, *, replica: int | None = None, chunk_frames: int | Non
         return DefectReport(info=info, replicas=reps, kind="plaquette", vortices=vort, antivortices=anti,
                             n_faces=int(faces.shape[0]), faces=faces, centres=centres, final_charges=charges[-1],
                             final_phase=final_phase, positions=node_positions(traj, info),
-                            warnings=list(info.warnings))
+                            warnings=list(info.warnings), group=group)

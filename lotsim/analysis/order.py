@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from lotsim import observables as obs
+from lotsim.analysis._group import open_group
 from lotsim.analysis._run import (
     Progress,
     RunInfo,
@@ -29,7 +30,7 @@ from lotsim.analysis._run import (
     stream_blocks,
 )
 from lotsim.analysis.theory import Theory, theory_for_run
-from lotsim.io import Trajectory, open_trajectory
+from lotsim.io import Trajectory
 
 TRANSIENT_RULE = ("first frame after which the trailing running mean of r (5% of the frames) stays within "
                   "max(3 sd, 0.01) of the mean of r over the last 25% of the frames")
@@ -54,6 +55,7 @@ class OrderReport:
         omega: Natural frequencies [s, N] (None if not stored).
         clusters: Locked clusters per replica.
         theory: Mean-field theory (complete graph) or None; ``theory_reason`` says why not.
+        group: The particles group analysed when one was asked for (e.g. ``layer_00``), else None.
     """
 
     info: RunInfo
@@ -75,6 +77,7 @@ class OrderReport:
     theory: Theory | None
     theory_reason: str | None
     warnings: list[str] = field(default_factory=list)
+    group: str | None = None
 
     @property
     def times(self) -> np.ndarray:
@@ -139,7 +142,7 @@ class OrderReport:
             "max_harmonic": int(self.r_harmonics.shape[-1]),
             "theory": None if self.theory is None else {"description": self.theory.describe(), "kc": self.theory.kc},
             "theory_reason": self.theory_reason,
-            "replicas": rows, "warnings": list(self.warnings),
+            "replicas": rows, "warnings": list(self.warnings), "group": self.group,
         }
 
 
@@ -181,6 +184,8 @@ def potential_reason(info: RunInfo, traj: Trajectory) -> str | None:
         return "the file stores no recipe (normalisation unknown)"
     if any(a != 0 for a, h in zip(info.frustration * len(info.harmonics), info.harmonics) if h):
         return "frustration (phase lag) makes the dynamics non-gradient: no potential"
+    if info.normalization not in ("mean-field", "degree", "none"):
+        return "the file does not say how the coupling is normalised (not a lotsim simulate run)"
     if info.complete:
         return None
     senders, receivers, weights = edge_arrays(traj)
@@ -204,7 +209,7 @@ def _natural_frequencies(traj: Trajectory, info: RunInfo, replicas: list[int]) -
 
 def analyze_order(path, *, replica: int | None = None, transient: float | None = None, max_harmonic: int = 4,
                   tol: float = 1e-2, frequency_method: str = "fit", chunk_frames: int | None = None,
-                  progress: Progress | None = None) -> OrderReport:
+                  progress: Progress | None = None, group: str | None = None) -> OrderReport:
     """Order parameters, effective frequencies, locking and the potential of an H5MD run.
 
     Args:
@@ -216,15 +221,17 @@ def analyze_order(path, *, replica: int | None = None, transient: float | None =
         frequency_method: ``fit`` or ``endpoints`` (see :func:`lotsim.observables.effective_frequencies`).
         chunk_frames: Frames per streamed block (default about 4 MiB).
         progress: Called as ``progress(frames_done, n_frames)``.
+        group: The particles group (default: the file's oscillators); e.g. ``layer_00`` of training
+            telemetry, where frames are training steps, replicas probe tokens and nodes heads.
 
     Raises:
-        ValueError: Bad file, replica out of range, transient beyond the run, bad options.
+        ValueError: Bad file, no such group, replica out of range, transient beyond the run, bad options.
     """
     if max_harmonic < 1:
         raise ValueError(f"--max-harmonic must be >= 1, got {max_harmonic}")
     if frequency_method not in ("fit", "endpoints"):
         raise ValueError(f"--frequency-method {frequency_method!r} is not allowed; use fit or endpoints")
-    with open_trajectory(path) as traj:
+    with open_group(path, group) as traj:
         info = read_run_info(traj)
         reps = check_replica(info, replica)
         r_all = order_parameter_series(traj, info, chunk_frames)
@@ -242,7 +249,7 @@ def analyze_order(path, *, replica: int | None = None, transient: float | None =
         info=info, replicas=reps, start=start, transient_detected=detected, potential_reason=reason,
         potential_monotone_expected=monotone, omega_eff=omega_eff, omega=omega, clusters=clusters, tol=tol,
         frequency_method=frequency_method, theory=theory, theory_reason=theory_reason,
-        warnings=list(info.warnings), **series,
+        warnings=list(info.warnings), group=group, **series,
     )
 
 

@@ -1,7 +1,8 @@
 """A training run's phase telemetry: sync order over training, per layer and per head.
 
 Reads ``RUN_DIR/telemetry.h5`` (written by :mod:`lotsim.train.telemetry`: one particles group per
-layer, replica = probe token, node = head) and ``RUN_DIR/metrics.jsonl`` (validation curve).
+layer, replica = probe token, node = head) and ``RUN_DIR/metrics.jsonl`` (training and validation
+loss curves).
 
 Per layer and frame (training step):
 
@@ -37,7 +38,8 @@ def run_telemetry(run_dir: str | Path) -> dict[str, Any]:
     Returns:
         ``{"run_dir", "telemetry", "layers": {name: {"steps", "order_parameter",
         "order_parameter_sd", "head_token_coherence", "head_local_order" (or None), "heads",
-        "final_order_parameter"}}, "validation": {"steps", "loss"}, "seed", "lotsim_version",
+        "final_order_parameter"}}, "validation": {"steps", "loss"}, "train": {"steps", "loss"}, "seed",
+        "lotsim_version",
         "git_commit", "recipe"}``; lists of floats, JSON-ready.
 
     Raises:
@@ -73,26 +75,28 @@ def run_telemetry(run_dir: str | Path) -> dict[str, Any]:
                 "heads": int(phase.shape[2]),
                 "final_order_parameter": float(r[-1].mean()),
             }
-    return {"run_dir": str(folder), "telemetry": str(path), "layers": layers, "validation": _validation(folder),
-            **provenance}
+    return {"run_dir": str(folder), "telemetry": str(path), "layers": layers, **_losses(folder), **provenance}
 
 
-def _validation(folder: Path) -> dict[str, list]:
-    steps, loss = [], []
+def _losses(folder: Path) -> dict[str, dict[str, list]]:
+    """``{"validation": {"steps", "loss"}, "train": {"steps", "loss"}}`` from ``metrics.jsonl``."""
+    curves: dict[str, dict[str, list]] = {"validation": {"steps": [], "loss": []}, "train": {"steps": [], "loss": []}}
     log = folder / "metrics.jsonl"
     if log.is_file():
         for line in log.read_text().splitlines():
             if not line.strip():
                 continue
             record = json.loads(line)
-            if record.get("split") == "validation" and "loss" in record:
-                steps.append(record["step"])
-                loss.append(record["loss"])
-    return {"steps": steps, "loss": loss}
+            curve = curves.get(record.get("split"))
+            if curve is not None and "loss" in record:
+                curve["steps"].append(record["step"])
+                curve["loss"].append(record["loss"])
+    return curves
 
 
 def plot_run_telemetry(summary: dict[str, Any], path: str | Path) -> Path:
-    """Sync order over training (per layer), per-head local order, and the validation loss.
+    """Sync order over training (per layer), per-head local order, and the training and validation
+    loss on a log scale.
 
     Args:
         summary: :func:`run_telemetry`'s result.
@@ -124,10 +128,15 @@ def plot_run_telemetry(summary: dict[str, Any], path: str | Path) -> Path:
     axes[1].set(xlabel="training step", ylabel=which, ylim=(0, 1.02), title=f"per head: {which}")
     for ax in axes[:2]:
         ax.legend(fontsize=8)
-    val = summary["validation"]
+    train, val = summary.get("train") or {"steps": []}, summary["validation"]
+    if train["steps"]:
+        axes[2].plot(train["steps"], train["loss"], color="0.55", lw=0.8, label="train (logged steps)")
     if val["steps"]:
-        axes[2].plot(val["steps"], val["loss"], marker="o", ms=3)
-    axes[2].set(xlabel="training step", ylabel="validation loss (nats)", title="validation loss")
+        axes[2].plot(val["steps"], val["loss"], marker="o", ms=3, color="C0", label="validation")
+    if train["steps"] or val["steps"]:
+        axes[2].set_yscale("log")
+        axes[2].legend(fontsize=8)
+    axes[2].set(xlabel="training step", ylabel="loss (nats per token, log scale)", title="training and validation loss")
     fig.suptitle(summary["run_dir"], fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

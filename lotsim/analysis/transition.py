@@ -39,6 +39,8 @@ from lotsim.analysis.theory import Theory, theory_for_run
 from lotsim.io import open_trajectory
 
 N_BLOCKS = 10
+HYSTERESIS_GAP = 0.1
+"""Largest |r_forward - r_backward| of an adiabatic sweep still read as one continuous branch."""
 N_BOOT_KC = 200
 
 
@@ -68,6 +70,25 @@ class TransitionReport:
         label = self.infos[0].label
         return label if len(self.files) == 1 else f"{label} + {len(self.files) - 1} more"
 
+    @property
+    def first_order(self) -> str | None:
+        """Why this transition is first order (discontinuous, hysteretic), or None.
+
+        With inertia the Kuramoto transition is first order with hysteresis (Tanaka, Lichtenberg & Oishi
+        1997); an adiabatic sweep whose forward and backward branches differ by more than
+        :data:`HYSTERESIS_GAP` shows it directly. Then the continuous-onset fit
+        r^2 = c + A max(0, 1 - K_c/K) describes no real feature and no fitted K_c is reported.
+        """
+        inertia = max(float(i.section("dynamics").get("inertia", 0.0) or 0.0) for i in self.infos)
+        if inertia > 0:
+            return f"inertia μ = {inertia:g} makes it first order and hysteretic"
+        ad = self.adiabatic or {}
+        if ad.get("forward") is not None and ad.get("backward") is not None:
+            gap = float(np.max(np.abs(np.subtract(ad["forward"], ad["backward"]))))
+            if gap > HYSTERESIS_GAP:
+                return f"the adiabatic branches differ by up to Δr = {gap:.2f} (hysteresis)"
+        return None
+
     def theory_curve(self, points: int = 300) -> tuple[np.ndarray, np.ndarray] | None:
         if self.theory is None:
             return None
@@ -84,14 +105,19 @@ class TransitionReport:
 
     def to_dict(self) -> dict:
         curve = self.theory_curve(200)
+        first_order = self.first_order
+        estimate = {"kc_estimate": self.kc_fit["kc"], "kc_uncertainty": self.kc_fit["sd"],
+                    "kc_ci95": self.kc_fit["ci95"],
+                    "kc_method": "fit r^2 = c + A max(0, 1 - Kc/K) over the onset window, bootstrap over seeds"}
+        if first_order is not None:
+            estimate = {"kc_estimate": None, "kc_uncertainty": None, "kc_ci95": None,
+                        "kc_method": f"none: a first-order transition ({first_order}); kc_fit is for reference only"}
         return {
             "files": [str(f) for f in self.files], "lattice": self.label, "n": self.infos[0].n_nodes,
             "couplings": self.couplings.tolist(), "n_seeds": self.n_seeds.tolist(),
             "r_mean": self.r_mean.tolist(), "r_low": self.r_low.tolist(), "r_high": self.r_high.tolist(),
             "chi_mean": self.chi_mean.tolist(),
-            "kc_estimate": self.kc_fit["kc"], "kc_uncertainty": self.kc_fit["sd"], "kc_ci95": self.kc_fit["ci95"],
-            "kc_method": "fit r^2 = c + A max(0, 1 - Kc/K) over the onset window, bootstrap over seeds",
-            "kc_fit": self.kc_fit, "kc_susceptibility": self.kc_chi,
+            **estimate, "first_order": first_order, "kc_fit": self.kc_fit, "kc_susceptibility": self.kc_chi,
             "kc_theory": None if self.theory is None else self.theory.kc,
             "r_theory": None if self.theory is None else self.theory.r(self.couplings).tolist(),
             "theory": None if curve is None else {"description": self.theory.describe(), "couplings": curve[0].tolist(),

@@ -9,10 +9,12 @@ import typer
 
 from lotsim import __version__
 from lotsim.cli.analyze import analyze_app
+from lotsim.cli.analyze_run import head_lattice
 from lotsim.cli.analyze_run import run as analyze_run
 from lotsim.cli.compare import compare
 from lotsim.cli.eval import eval_
 from lotsim.cli.export import export
+from lotsim.cli.generate import generate
 from lotsim.cli.simulate import simulate
 from lotsim.cli.sweep import sweep
 from lotsim.cli.train import train
@@ -45,6 +47,8 @@ app.command()(sweep)
 app.command()(train)
 app.command(name="eval")(eval_)
 app.command()(export)
+app.command()(generate)
 app.command()(compare)
 analyze_app.command("run")(analyze_run)  # training telemetry: sync order over training
+analyze_app.command("head-lattice")(head_lattice)  # a trained head lattice -> a simulate recipe
 app.add_typer(analyze_app, name="analyze")

@@ -55,6 +55,21 @@ def _jsonable(value):
         return str(value)
 
 
+def print_table(table, console: Console | None = None) -> None:
+    """Print a rich table (on stdout by default) at its natural width: on a narrow terminal it runs
+    past the edge (the terminal wraps whole lines) instead of folding or truncating numbers."""
+    from rich.measure import Measurement
+
+    console = console if console is not None else stdout
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    width = console.width
+    console.width = max(width, natural)
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
+
+
 def progress_bar(description: str) -> Progress:
     """A rich progress bar on stderr, disabled when stderr is not a terminal."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lotsim.cli._common import print_json, progress_bar, stderr, stdout, user_errors
+from lotsim.cli._common import print_json, print_table, progress_bar, stderr, user_errors
 
 analyze_app = typer.Typer(help="Analyse trajectories: order parameters, transitions, phase maps, defects.",
                           no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
@@ -25,6 +25,10 @@ OutDir = Annotated[Path | None, typer.Option("--out", help="Folder for the figur
 Replica = Annotated[int | None, typer.Option(help="Analyse only this replica (default: all).")]
 Transient = Annotated[float | None, typer.Option(help="Discard frames before this time (default: detect it).")]
 MaxPoints = Annotated[int, typer.Option(help="Time series in --json are decimated to this many samples.")]
+Group = Annotated[str | None, typer.Option(help="Particles group to analyse, e.g. layer_00 of a training run's "
+                                           "telemetry.h5 (frames = training steps, replicas = probe tokens, "
+                                           "nodes = heads); default: the simulated oscillators.",
+                                           show_default=False)]
 
 
 def _warn(messages) -> None:
@@ -49,7 +53,7 @@ def _done(json_: bool, summary: dict, table) -> None:
         print_json(summary)
         return
     if table is not None:
-        stdout.print(table)
+        print_table(table)
     for path in summary.get("plots", []) or []:
         stderr.print(f"plot: [bold]{path}[/bold]")
 
@@ -60,7 +64,7 @@ def order(run: Run, replica: Replica = None, transient: Transient = None,
           tol: Annotated[float, typer.Option(help="Locked clusters: effective frequencies agree within tol.")] = 1e-2,
           frequency_method: Annotated[str, typer.Option(help="fit (least squares) or endpoints.")] = "fit",
           plot: Plot = False, svg: Svg = False, out: OutDir = None, max_points: MaxPoints = 1000,
-          json_: Json = False) -> None:
+          group: Group = None, json_: Json = False) -> None:
     """Order parameters r_m(t), psi(t), local order, effective frequencies, locked clusters, chi and V(t)."""
     from lotsim.analysis import plots
     from lotsim.analysis.order import analyze_order
@@ -68,7 +72,7 @@ def order(run: Run, replica: Replica = None, transient: Transient = None,
     with user_errors(), progress_bar("order") as bar:
         task = bar.add_task("order", total=None)
         report = analyze_order(run, replica=replica, transient=transient, max_harmonic=max_harmonic, tol=tol,
-                               frequency_method=frequency_method,
+                               frequency_method=frequency_method, group=group,
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
         summary = report.to_dict(max_points=max_points)
         if plot or svg:
@@ -124,8 +128,9 @@ def transition(runs: Annotated[list[Path], typer.Argument(help="Sweep files (cou
 
     fit, chi = summary["kc_fit"], summary["kc_susceptibility"]
     theory = f", theory K_c = {summary['kc_theory']:.4g}" if summary["kc_theory"] is not None else ""
-    table = Table(title=f"{summary['lattice']}: K_c = {fit['kc']:.4g} ± {_fmt(fit['sd'], '.2g')} (fit), "
-                        f"{chi['kc']:.4g} ± {chi['sd']:.2g} (χ peak){theory}")
+    onset = (f"K_c = {fit['kc']:.4g} ± {_fmt(fit['sd'], '.2g')} (fit)" if summary["first_order"] is None else
+             f"first-order transition ({summary['first_order']}): no K_c fit")
+    table = Table(title=f"{summary['lattice']}: {onset}, {chi['kc']:.4g} ± {chi['sd']:.2g} (χ peak){theory}")
     for column in ("K", "seeds", "r mean", "95% band", "χ", "r theory"):
         table.add_column(column, justify="right")
     r_theory = summary["r_theory"] or [None] * len(summary["couplings"])
@@ -142,15 +147,16 @@ def snapshot(run: Run, frame: Annotated[int, typer.Option(help="Frame index (-1:
              = False,
              svg: Svg = False,
              out: Annotated[Path | None, typer.Option(help="Figure file (.png) or folder (default: plots/).")] = None,
-             json_: Json = False) -> None:
+             group: Group = None, json_: Json = False) -> None:
     """The wrapped phase field of one frame on the lattice (image, scatter, phase-vs-node or unit circle)."""
     from lotsim.analysis import plots
 
     with user_errors():
         if spacetime:
-            result = plots.plot_spacetime(run, replica=replica, out=out, formats=_formats(svg))
+            result = plots.plot_spacetime(run, replica=replica, out=out, formats=_formats(svg), group=group)
         else:
-            result = plots.plot_snapshot(run, frame=frame, replica=replica, out=out, formats=_formats(svg))
+            result = plots.plot_snapshot(run, frame=frame, replica=replica, out=out, formats=_formats(svg),
+                                         group=group)
     _done(json_, {"file": str(run), **result}, None)
 
 
@@ -160,13 +166,13 @@ def movie(run: Run, out: Annotated[Path | None, typer.Option(help="Movie file: .
           replica: Annotated[int, typer.Option(help="Replica to animate.")] = 0,
           fps: Annotated[int, typer.Option(help="Frames per second.")] = 10,
           max_frames: Annotated[int, typer.Option(help="At most this many evenly spaced frames.")] = 200,
-          json_: Json = False) -> None:
+          group: Group = None, json_: Json = False) -> None:
     """Animate the phase field of one replica (streams the frames; flat memory for MP4)."""
     from lotsim.analysis import plots
 
     with user_errors(), progress_bar("movie") as bar:
         task = bar.add_task("movie", total=None)
-        result = plots.write_movie(run, out=out, replica=replica, fps=fps, max_frames=max_frames,
+        result = plots.write_movie(run, out=out, replica=replica, fps=fps, max_frames=max_frames, group=group,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
     result["plots"] = [result["output"]]
     _done(json_, {"file": str(run), **result}, None)
@@ -174,14 +180,14 @@ def movie(run: Run, out: Annotated[Path | None, typer.Option(help="Movie file: .
 
 @analyze_app.command()
 def defects(run: Run, replica: Replica = None, plot: Plot = False, svg: Svg = False, out: OutDir = None,
-            max_points: MaxPoints = 1000, json_: Json = False) -> None:
+            max_points: MaxPoints = 1000, group: Group = None, json_: Json = False) -> None:
     """Winding numbers (rings) or vortex/antivortex counts and defect density (2-D lattices) over time."""
     from lotsim.analysis import plots
     from lotsim.analysis.defects import analyze_defects
 
     with user_errors(), progress_bar("defects") as bar:
         task = bar.add_task("defects", total=None)
-        report = analyze_defects(run, replica=replica,
+        report = analyze_defects(run, replica=replica, group=group,
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
         summary = report.to_dict(max_points=max_points)
         if plot or svg:

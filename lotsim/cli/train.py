@@ -124,7 +124,7 @@ class _Progress:
         kind = event["event"]
         if kind == "start":
             p = event["parameters"]
-            stderr.print(f"run folder [bold]{event['run_dir']}[/bold]: {p['total']:,} parameters "
+            stderr.print(f"training: {p['total']:,} parameters "  # the run folder is printed once, at the end
                          f"({p['non_embedding']:,} non-embedding), {event['tokens_per_step']:,} tokens/step, "
                          f"{event['device']} x{event['world_size']}", highlight=False)
             self.task = self.bar.add_task("train", total=event["steps"], completed=event["start_step"],

@@ -217,6 +217,15 @@ class KuramotoSystem:
     inertia: float = 0.0
 
     def __post_init__(self):
+        for name in ("omega", "coupling"):  # numpy arrays and numbers become tensors (same dtype) here
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor):
+                if not isinstance(value, np.ndarray | float | int | list | tuple) or isinstance(value, bool):
+                    raise TypeError(f"KuramotoSystem {name} must be a torch tensor, a numpy array or a number, "
+                                    f"got {type(value).__name__}")
+                array = np.asarray(value)
+                object.__setattr__(self, name, torch.as_tensor(array if array.dtype.kind == "f" else
+                                                               array.astype(np.float64)))
         if len(self.frustration) == 1 and len(self.harmonics) > 1:
             object.__setattr__(self, "frustration", self.frustration * len(self.harmonics))
         if len(self.frustration) != len(self.harmonics):

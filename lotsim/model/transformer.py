@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lotsim.model.attention import Attention, Intermediates, get_attention
+from lotsim.model.attention import Attention, Intermediates, QKVAttention, get_attention
 from lotsim.model.config import ModelConfig
 from lotsim.model.rope import Rope, rope_tables
 
@@ -166,3 +166,84 @@ class LOTModel(nn.Module):
             for name, value in block.attn.regularization_losses(inter).items():
                 sums.setdefault(name, []).append(value)
         return {name: torch.stack(values).mean() for name, values in sums.items()}
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Continue each row of ``idx`` by ``max_new_tokens`` sampled tokens (eval mode; restored after).
+
+        Args:
+            idx: (b, t0) int64 prompt token ids, t0 >= 1.
+            max_new_tokens: tokens to add.
+            temperature: softmax temperature; 0 is greedy (argmax).
+            top_k: sample among the k most likely tokens only (None: all).
+            seed: seed of the sampling generator (None: torch's global generator).
+            use_cache: keep the keys and values of past positions (a KV cache) when every layer is
+                ``vanilla`` attention; other variants recompute the window every token (their
+                oscillator phases are not a per-position cache). Both give the same tokens.
+
+        Returns:
+            (b, t0 + max_new_tokens) int64: the prompt followed by the new tokens. Beyond ``seq_len``
+            tokens the model sees the last ``seq_len`` (a sliding window, recomputed every token).
+        """
+        if idx.ndim != 2 or idx.shape[1] < 1 or idx.dtype != torch.long:
+            raise ValueError(f"idx must be (batch, tokens) int64 with at least one token, got {tuple(idx.shape)} "
+                             f"{idx.dtype}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (or None for all tokens), got {top_k}")
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=idx.device).manual_seed(seed)
+        cached = use_cache and all(isinstance(b.attn, QKVAttention) and b.attn.name == "vanilla" for b in self.blocks)
+        cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        seq_len, was_training = self.config.seq_len, self.training
+        self.eval()
+        try:
+            for _ in range(max_new_tokens):
+                t = idx.shape[1]
+                if cached and t <= seq_len:
+                    logits = self._decode_cached(idx if not cache else idx[:, -1:], cache, 0 if not cache else t - 1)
+                else:
+                    logits = self(idx[:, -seq_len:]).logits[:, -1]  # (b, v)
+                idx = torch.cat([idx, _sample(logits, temperature, top_k, generator)], dim=1)
+        finally:
+            self.train(was_training)
+        return idx
+
+    def _decode_cached(self, idx: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]],
+                       start: int) -> torch.Tensor:
+        """Last-position logits (b, v) of ``idx`` (b, s) at positions ``start..start+s-1`` of an
+        all-``vanilla`` model, appending each layer's keys and values to ``cache``: the whole prompt
+        first (``start`` 0, empty cache), then one token at a time. Same blocks as :meth:`forward`."""
+        s = idx.shape[1]
+        rope = Rope(self.rope_cos[start:start + s], self.rope_sin[start:start + s])
+        x = self.tok_emb(idx)  # (b, s, D)
+        for layer, block in enumerate(self.blocks):
+            q, k, v = block.attn.project_qkv(block.norm_attn(x), rope)  # (b, h, s, d) each
+            if layer < len(cache):
+                k, v = torch.cat([cache[layer][0], k], dim=2), torch.cat([cache[layer][1], v], dim=2)
+                cache[layer] = (k, v)
+            else:
+                cache.append((k, v))
+            # the prompt is causal within itself; one new token sees every cached position
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=start == 0 and s > 1)
+            x = x + block.attn.merge_heads(y)
+            x = x + block.mlp(block.norm_mlp(x))
+        return self.lm_head(self.norm(x[:, -1]))
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
+            generator: torch.Generator | None) -> torch.Tensor:
+    """Next token ids (b, 1) from last-position logits (b, v): argmax at temperature 0, else a draw
+    from softmax(logits / temperature) restricted to the ``top_k`` most likely tokens."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
