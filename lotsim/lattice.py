@@ -16,11 +16,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-import networkx as nx
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import networkx as nx
+    import scipy.sparse as sp
 
 Topology = Literal[
     "ring",
@@ -39,6 +41,10 @@ Topology = Literal[
 WeightKind = Literal["uniform", "exp", "power"]
 TOPOLOGIES: tuple[str, ...] = get_args(Topology)
 WEIGHT_KINDS: tuple[str, ...] = get_args(WeightKind)
+Normalization = Literal["mean-field", "degree", "none"]
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+GRID_TOPOLOGIES: tuple[str, ...] = ("square", "triangular", "hexagonal", "hypercubic")
+FILE_TOPOLOGIES: tuple[str, ...] = ("edgelist", "graphml")
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +104,8 @@ class Lattice:
 
     def adjacency(self) -> sp.csr_array:
         """Sparse weighted adjacency, (n, n) CSR with ``A[i, j]`` = influence of j on i."""
+        import scipy.sparse as sp
+
         return sp.csr_array(
             (self.weights, (self.receivers, self.senders)), shape=(self.n, self.n), dtype=np.float64
         )
@@ -125,6 +133,8 @@ class Lattice:
         if self.edges is None:
             return 1.0 - np.eye(self.n)
         if self.positions.shape[1] == 0:
+            import networkx as nx
+
             lengths = dict(nx.all_pairs_shortest_path_length(self.to_networkx().to_undirected()))
             out = np.full((self.n, self.n), np.inf)
             for i, row in lengths.items():
@@ -207,6 +217,8 @@ class Lattice:
 
     def to_networkx(self) -> nx.DiGraph:
         """The lattice as a weighted networkx DiGraph with integer nodes (edge j -> i)."""
+        import networkx as nx
+
         g = nx.DiGraph()
         g.add_nodes_from(range(self.n))
         g.add_weighted_edges_from(zip(self.senders.tolist(), self.receivers.tolist(), self.weights.tolist()))
@@ -229,6 +241,8 @@ def from_networkx(
     node attribute ``pos``, or are empty (shape (n, 0): no geometry, distances are hop counts).
     Edge weights come from the ``weight`` attribute when present (default 1).
     """
+    import networkx as nx
+
     nodes = list(graph.nodes)
     index = {node: i for i, node in enumerate(nodes)}
     n = len(nodes)
@@ -261,6 +275,77 @@ def _need(value, what: str, topology: str):
     if value is None:
         raise ValueError(f"topology {topology!r} needs {what}")
     return value
+
+
+def grid_shape(topology: str, n: int | None, shape: tuple[int, ...] | list[int] | None
+               ) -> tuple[tuple[int, ...] | None, int | None]:
+    """The (shape, n) a lattice is built with: a grid's shape (from ``n`` when it is a square number),
+    or a 1-D ``shape`` turned into ``n`` for the other topologies.
+
+    Raises:
+        ValueError: with one line naming the bad value and what is allowed.
+    """
+    shape = tuple(int(s) for s in shape) if shape is not None else None
+    if shape is not None and any(s < 1 for s in shape):
+        raise ValueError(f"shape entries must be >= 1, got {list(shape)}")
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if topology in GRID_TOPOLOGIES:
+        if shape is None:
+            if n is None:
+                raise ValueError(f"topology {topology!r} needs a shape (e.g. --shape 32x32) or --n")
+            side = math.isqrt(n)
+            if side * side != n or topology == "hexagonal":
+                raise ValueError(f"topology {topology!r} needs --shape; n={n} is not a square number")
+            shape = (side, side)
+        if topology != "hypercubic" and len(shape) != 2:
+            raise ValueError(f"topology {topology!r} needs a 2-D shape rows x cols, got {list(shape)}")
+    elif shape is not None:
+        if len(shape) != 1:
+            raise ValueError(f"topology {topology!r} takes --n, not a {len(shape)}-D shape {list(shape)}")
+        if n is not None and n != shape[0]:
+            raise ValueError(f"shape {list(shape)} does not match n={n}")
+        n = shape[0]
+    return shape, n
+
+
+def lattice_size(topology: str, *, n: int | None = None, shape: tuple[int, ...] | list[int] | None = None,
+                 periodic: bool = True, weights: str = "uniform", k: int = 4, p: float = 0.1, degree: int = 3,
+                 coupling_range: float | None = None, **_: object) -> tuple[int, int] | None:
+    """(nodes, directed edges) that :func:`build_lattice` will produce, estimated in O(1) without
+    building anything (exact for ring/chain/square/hypercubic/complete, close for the rest).
+
+    Takes the keywords of :func:`build_lattice` (others are ignored). Returns None for graphs read from
+    a file (their size is the file's). Used to refuse runs that cannot fit in memory before any work.
+    """
+    if topology in FILE_TOPOLOGIES:
+        return None
+    shape, n = grid_shape(topology, n, shape)
+    if topology in GRID_TOPOLOGIES:
+        if topology == "triangular":
+            rows, cols = shape
+            nodes = rows * ((cols + 1) // 2) if periodic else (rows + 1) * (cols // 2 + 1)
+            per_node = 6
+        elif topology == "hexagonal":
+            rows, cols = shape
+            nodes = 2 * rows * cols if periodic else 2 * (rows + 1) * (cols + 1) - 2
+            per_node = 3
+        else:
+            nodes, per_node = math.prod(shape), 2 * len(shape)
+        edges = nodes * per_node
+        dims = 2 if topology != "hypercubic" else len(shape)
+    else:
+        nodes = int(n or 0)
+        dims = 1
+        edges = {"ring": 2 * nodes, "chain": 2 * nodes, "complete": nodes * (nodes - 1), "small-world": k * nodes,
+                 "random-regular": degree * nodes, "erdos-renyi": round(p * nodes * (nodes - 1))}.get(topology, 0)
+    if coupling_range is not None:
+        # every node within distance R: the volume of a d-ball of radius R (lattice units), at most n - 1
+        ball = math.pi ** (dims / 2) / math.gamma(dims / 2 + 1) * coupling_range**dims
+        edges = nodes * min(nodes - 1, math.ceil(ball))
+    elif topology == "complete" and weights == "uniform":
+        edges = 0  # implicit: the mean-field path never builds them
+    return nodes, edges
 
 
 def build_lattice(
@@ -305,29 +390,9 @@ def build_lattice(
     Raises:
         ValueError: with one line naming the bad value and what is allowed.
     """
-    shape = tuple(int(s) for s in shape) if shape is not None else None
-    if shape is not None and any(s < 1 for s in shape):
-        raise ValueError(f"shape entries must be >= 1, got {list(shape)}")
-    if n is not None and n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    grid_topologies = ("square", "triangular", "hexagonal", "hypercubic")
-    if topology in grid_topologies:
-        if shape is None:
-            if n is None:
-                raise ValueError(f"topology {topology!r} needs a shape (e.g. --shape 32x32) or --n")
-            side = math.isqrt(n)
-            if side * side != n or topology == "hexagonal":
-                raise ValueError(f"topology {topology!r} needs --shape; n={n} is not a square number")
-            shape = (side, side)
-        if topology != "hypercubic" and len(shape) != 2:
-            raise ValueError(f"topology {topology!r} needs a 2-D shape rows x cols, got {list(shape)}")
-    elif shape is not None:
-        if len(shape) != 1:
-            raise ValueError(f"topology {topology!r} takes --n, not a {len(shape)}-D shape {list(shape)}")
-        if n is not None and n != shape[0]:
-            raise ValueError(f"shape {list(shape)} does not match n={n}")
-        n = shape[0]
+    import networkx as nx
 
+    shape, n = grid_shape(topology, n, shape)
     name_suffix = "periodic" if periodic else "open"
     if topology in ("ring", "chain"):
         n = _need(n, "--n", topology)
@@ -349,12 +414,7 @@ def build_lattice(
                             box=np.array(shape, float) if periodic else None, shape=shape, topology=topology)
     elif topology in ("triangular", "hexagonal"):
         rows, cols = shape
-        builder = nx.triangular_lattice_graph if topology == "triangular" else nx.hexagonal_lattice_graph
-        try:
-            g = builder(rows, cols, periodic=periodic, with_positions=True)
-        except nx.NetworkXError as err:
-            raise ValueError(f"{topology} lattice {rows}x{cols} (periodic={periodic}): {err}") from None
-        g = nx.Graph(sorted_graph(g))
+        g = _sheet_graph(topology, rows, cols, periodic)
         lat = from_networkx(g, name=f"{topology} {rows}x{cols} {name_suffix}", shape=(rows, cols),
                             topology=topology)
         if periodic:
@@ -402,11 +462,50 @@ def build_lattice(
     else:
         raise ValueError(f"unknown topology {topology!r}; allowed: {', '.join(TOPOLOGIES)}")
 
-    if n is not None and topology in grid_topologies and lat.n != n:
+    if n is not None and topology in GRID_TOPOLOGIES and lat.n != n:
         raise ValueError(f"shape {list(shape)} gives {lat.n} nodes, which does not match n={n}")
     if coupling_range is not None:
         lat = lat.with_range(coupling_range)
     return lat.with_weights(weights, lattice_constant, exponent) if weights != "uniform" else lat
+
+
+def row_scale(normalization: Normalization, in_degree: np.ndarray) -> np.ndarray:
+    """(n,) factor of each row of the coupling matrix ``W = row_scale[:, None] * A``.
+
+    ``mean-field``: 1/N; ``degree``: 1/k_i with the weighted in-degree k_i (``in_degree``, (n,); rows
+    of isolated nodes stay zero: they rotate freely); ``none``: 1.
+    """
+    n = in_degree.shape[0]
+    if normalization == "mean-field":
+        return np.full(n, 1.0 / n)
+    if normalization == "degree":
+        degree = np.asarray(in_degree, dtype=np.float64)
+        return np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)
+    if normalization == "none":
+        return np.ones(n)
+    raise ValueError(f"unknown normalization {normalization!r}; allowed: {', '.join(NORMALIZATIONS)}")
+
+
+def _sheet_graph(topology: str, rows: int, cols: int, periodic: bool) -> nx.Graph:
+    """networkx's triangular or hexagonal lattice with its ``pos`` attributes, nodes in sorted order."""
+    import networkx as nx
+
+    builder = nx.triangular_lattice_graph if topology == "triangular" else nx.hexagonal_lattice_graph
+    try:
+        g = builder(rows, cols, periodic=periodic, with_positions=True)
+    except nx.NetworkXError as err:
+        raise ValueError(f"{topology} lattice {rows}x{cols} (periodic={periodic}): {err}") from None
+    return nx.Graph(sorted_graph(g))
+
+
+def sheet_positions(topology: str, shape: tuple[int, int], periodic: bool) -> np.ndarray:
+    """(n, 2) positions of a triangular or hexagonal lattice's nodes on the unwrapped sheet, for drawing.
+
+    A periodic lattice built by :func:`build_lattice` has no positions (its distances are hop counts);
+    these are the ones networkx gives the same nodes, in the lattice's node order.
+    """
+    g = _sheet_graph(topology, *shape, periodic)
+    return np.array([g.nodes[v]["pos"] for v in g.nodes], dtype=np.float64)
 
 
 def sorted_graph(g: nx.Graph) -> nx.Graph:

@@ -13,6 +13,7 @@ frame and names the first bad step.
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import threading
@@ -30,7 +31,8 @@ from lotsim.config import SimulationRecipe, parse_couplings, parse_shard, recipe
 from lotsim.dynamics import KuramotoSystem, build_operator, make_integrator, order_parameter
 from lotsim.dynamics.initial import initial_phases, load_phases, natural_frequencies
 from lotsim.io import TrajectoryWriter, open_trajectory, read_state
-from lotsim.lattice import Lattice, build_lattice
+from lotsim.lattice import Lattice
+from lotsim.memory import check_memory
 
 GROUP = "oscillators"
 
@@ -92,6 +94,7 @@ class SimulationResult:
             "r_std": self.r_std.tolist(),
             "r_mean_window": "second half of the stored frames",
             "wall_time_s": round(self.wall_time, 4),
+            **self.extra,
         }
 
 
@@ -111,13 +114,9 @@ def build_system(recipe: SimulationRecipe) -> tuple[Lattice, KuramotoSystem, np.
     Returns:
         (lattice, system, theta0 (b, n), couplings (b,), seeds (b,)).
     """
-    lat_cfg, dyn = recipe.lattice, recipe.dynamics
-    lattice = build_lattice(
-        lat_cfg.topology, n=lat_cfg.n, shape=lat_cfg.shape, periodic=lat_cfg.periodic, weights=lat_cfg.weights,
-        lattice_constant=lat_cfg.lattice_constant, exponent=lat_cfg.exponent, k=lat_cfg.k, p=lat_cfg.p,
-        degree=lat_cfg.degree, path=lat_cfg.file, directed=lat_cfg.directed,
-        seed=recipe.seed if lat_cfg.seed is None else lat_cfg.seed, coupling_range=lat_cfg.coupling_range,
-    )
+    dyn = recipe.dynamics
+    check_memory(recipe)  # before anything is built: an impossible size fails at once, in one line
+    lattice = recipe.lattice.build(recipe.seed)
     values = np.asarray(parse_couplings(dyn.coupling), dtype=np.float64)
     seeds_per = recipe.seed + np.arange(recipe.replicas)
     couplings = np.repeat(values, recipe.replicas)
@@ -128,8 +127,6 @@ def build_system(recipe: SimulationRecipe) -> tuple[Lattice, KuramotoSystem, np.
                             file=f.file) for s in seeds_per])
     init = recipe.initial
     if init.kind == "file":
-        if init.file is None:
-            raise ValueError("initial.kind = 'file' needs initial.file (.npy, .txt or a lotsim .h5 run)")
         if Path(init.file).suffix in (".h5", ".hdf5"):
             theta0 = read_state(init.file).theta
             if theta0.shape[-1] != lattice.n:
@@ -261,7 +258,31 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
         frames.write()
         frames.checkpoint(state)
     wall = time.perf_counter() - start
-    return _result(path, recipe, lattice, couplings, seeds, total, wall, backend)
+    result = _result(path, recipe, lattice, couplings, seeds, total, wall, backend)
+    warning = precision_warning(float(state.theta.detach().abs().max()), dyn.dt, dyn.dtype)
+    if warning is not None:
+        result.extra["warnings"] = [warning]
+    return result
+
+
+PRECISION_TOLERANCE = 1e-3
+"""Largest rounding step of an unwrapped phase, as a fraction of dt, before a run is flagged.
+
+A step adds about ``rate * dt`` to a phase; once the spacing of representable numbers at |theta|
+exceeds 1e-3 dt, each step's update of a unit-rate oscillator is rounded by more than 0.1 %, the size
+of a good integrator's own error, and far beyond that the phases lose all angular meaning (float64:
+|theta| > 2**52 * 1e-3 dt, about 2e11 rad at dt = 0.05; float32: about 420 rad).
+"""
+
+
+def precision_warning(theta_max: float, dt: float, dtype: str) -> str | None:
+    """One line when unwrapped phases as large as ``theta_max`` have lost angular precision, else None."""
+    spacing = float(np.spacing(np.asarray(theta_max, dtype=dtype)))
+    if math.isfinite(spacing) and spacing <= PRECISION_TOLERANCE * dt:
+        return None
+    return (f"the unwrapped phases reached |theta| = {theta_max:.3g} rad, where {dtype} is only resolved to "
+            f"{spacing:.2g} rad (more than {PRECISION_TOLERANCE:g} x dt): phase differences and frequencies "
+            "have lost precision; shorten the run or lower the coupling/frequencies")
 
 
 def _finite(theta: torch.Tensor) -> bool:

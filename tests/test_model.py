@@ -15,6 +15,7 @@ import tomllib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from lotsim.dynamics.core import KuramotoSystem, build_operator, kuramoto_integrator, order_parameter
@@ -40,7 +41,8 @@ from lotsim.model import (
     write_simulation_inputs,
 )
 from lotsim.model.head_lattice import causal_decayed_mean
-from lotsim.model.rope import Rope
+from lotsim.model.rope import Rope, apply_rope, rope_tables
+from lotsim.model.transformer import RMSNorm
 
 B, T, V = 2, 12, 37
 BASE = dict(vocab_size=V, seq_len=16, d_model=32, n_layers=2, n_heads=4)
@@ -567,3 +569,32 @@ def test_export_refuses_a_vanilla_layer(tmp_path):
         head_lattice_system(model, 0)
     with pytest.raises(ValueError, match="layers 0..1"):
         write_simulation_inputs(_trained_like(), 2, tmp_path)
+
+
+def test_rope_is_the_rotate_half_rotation_and_preserves_norms():
+    cos, sin = rope_tables(T, 8, dtype=torch.float64)
+    x = torch.randn(2, 3, T, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rotate_half = torch.cat([-x[..., 4:], x[..., :4]], dim=-1)
+    torch.testing.assert_close(apply_rope(x, Rope(cos, sin)), x * cos + rotate_half * sin, rtol=0, atol=1e-15)
+    pairs = apply_rope(x, Rope(cos, sin)).unflatten(-1, (2, 4))  # (x_i, x_{i+d/2}) rotate as 2-vectors
+    torch.testing.assert_close(pairs.square().sum(-2), x.unflatten(-1, (2, 4)).square().sum(-2), rtol=1e-13, atol=0)
+
+
+def test_rms_norm_training_backward_equals_torchs():
+    """The hand-written CPU training backward gives torch's F.rms_norm values and gradients."""
+    g = torch.Generator().manual_seed(0)
+    norm = RMSNorm(16).double()
+    with torch.no_grad():
+        norm.weight.add_(0.3 * torch.randn(16, dtype=torch.float64, generator=g))
+    x = torch.randn(3, 5, 16, dtype=torch.float64, generator=g, requires_grad=True)
+    out_grad = torch.randn(3, 5, 16, dtype=torch.float64, generator=g)
+    y = norm(x)
+    assert y.grad_fn is not None and "RMSNorm" in type(y.grad_fn).__name__  # the training path is tested
+    reference = F.rms_norm(x, (16,), norm.weight, norm.eps)
+    torch.testing.assert_close(y, reference, rtol=0, atol=1e-15)
+    got = torch.autograd.grad(y, (x, norm.weight), out_grad)
+    expected = torch.autograd.grad(reference, (x, norm.weight), out_grad)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    with torch.no_grad():
+        torch.testing.assert_close(norm(x), reference, rtol=0, atol=1e-15)

@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from lotsim.config import RecipeError, SimulationRecipe, recipe_to_dict, validate_recipe
 from lotsim.io import Trajectory
+from lotsim.lattice import GRID_TOPOLOGIES, grid_shape, sheet_positions
+from lotsim.lattice import row_scale as lattice_row_scale
 
 Progress = Callable[[int, int], None]
 
@@ -28,7 +31,8 @@ class RunInfo:
         n_frames: Frames readable in every time-dependent dataset of the group.
         n_replicas, n_nodes: R and N.
         times, steps: [frame] arrays (length ``n_frames``).
-        recipe: The resolved recipe as a nested dict ({} if the file has none).
+        spec: The stored recipe validated into the typed :class:`~lotsim.config.SimulationRecipe`
+            (None if the file has none or it does not validate; ``warnings`` says which).
         couplings, seeds: [R] (nan / -1 when not stored).
         unwrapped: Phases stored unwrapped.
         warnings: One-line warnings for the user (partial file, wrapped phases, ...).
@@ -40,11 +44,16 @@ class RunInfo:
     n_nodes: int
     times: np.ndarray
     steps: np.ndarray
-    recipe: dict[str, Any]
+    spec: SimulationRecipe | None
     couplings: np.ndarray
     seeds: np.ndarray
     unwrapped: bool
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The resolved recipe as a nested dict ({} without one)."""
+        return {} if self.spec is None else recipe_to_dict(self.spec)
 
     def section(self, name: str) -> dict[str, Any]:
         value = self.recipe.get(name, {})
@@ -53,36 +62,40 @@ class RunInfo:
     @property
     def topology(self) -> str:
         """Lattice topology from the recipe, ``"unknown"`` without one."""
-        return str(self.section("lattice").get("topology", "unknown"))
+        return "unknown" if self.spec is None else self.spec.lattice.topology
 
     @property
     def periodic(self) -> bool:
-        return bool(self.section("lattice").get("periodic", True))
+        return True if self.spec is None else self.spec.lattice.periodic
 
     @property
     def shape(self) -> tuple[int, ...]:
         """Grid shape (rows, cols) for grids, (n,) for rings/chains, () when unknown."""
-        lat = self.section("lattice")
-        if lat.get("shape"):
-            return tuple(int(s) for s in lat["shape"])
-        if self.topology in ("square", "triangular", "hypercubic") and lat.get("n"):
-            side = math.isqrt(int(lat["n"]))
-            return (side, side)
-        if self.topology in ("ring", "chain", "complete"):
+        if self.spec is None:
+            return ()
+        lat = self.spec.lattice
+        if lat.shape:
+            return tuple(lat.shape)
+        if lat.topology in GRID_TOPOLOGIES:
+            try:
+                return grid_shape(lat.topology, lat.n, None)[0]
+            except ValueError:
+                return ()
+        if lat.topology in ("ring", "chain", "complete"):
             return (self.n_nodes,)
         return ()
 
     @property
     def normalization(self) -> str:
-        return str(self.section("dynamics").get("normalization", "unknown"))
+        return "unknown" if self.spec is None else self.spec.dynamics.normalization
 
     @property
     def harmonics(self) -> tuple[float, ...]:
-        return tuple(float(h) for h in self.section("dynamics").get("harmonics", [1.0]))
+        return (1.0,) if self.spec is None else tuple(self.spec.dynamics.harmonics)
 
     @property
     def frustration(self) -> tuple[float, ...]:
-        value = self.section("dynamics").get("frustration", 0.0)
+        value = 0.0 if self.spec is None else self.spec.dynamics.frustration
         return tuple(float(a) for a in (value if isinstance(value, list) else [value]))
 
     @property
@@ -92,38 +105,32 @@ class RunInfo:
     @property
     def label(self) -> str:
         """A short run name for titles: file name and lattice."""
-        lat = self.section("lattice")
         shape = "x".join(map(str, self.shape)) if self.shape and self.topology not in ("ring", "chain", "complete") \
             else f"N={self.n_nodes}"
         topo = self.topology if self.topology != "unknown" else "graph"
         # boundary conditions mean something on grids only (a ring is periodic, a chain open by name)
         grid = self.topology in ("square", "triangular", "hexagonal", "hypercubic")
-        bc = "" if not grid else (" periodic" if lat.get("periodic", True) else " open")
+        bc = "" if not grid else (" periodic" if self.periodic else " open")
         return f"{self.path.name} ({topo} {shape}{bc})"
 
 
-def _recipe(traj: Trajectory) -> dict[str, Any]:
+def _recipe(traj: Trajectory) -> tuple[SimulationRecipe | None, str | None]:
+    """The stored recipe, validated; or None and why (a warning) when it is missing or invalid."""
     text = traj.recipe_toml
+    data: dict[str, Any] = {}
     if text.strip():
         try:
-            return tomllib.loads(text)
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError:
-            pass
-    return {k: v for k, v in traj.parameters.items() if isinstance(v, dict)}
-
-
-def _expected_frames(recipe: dict[str, Any]) -> int | None:
-    dyn, out = recipe.get("dynamics", {}), recipe.get("output", {})
-    save_every = int(out.get("save_every", 0) or 0)
-    if save_every < 1 or not isinstance(dyn, dict):
-        return None
-    if dyn.get("steps") is not None:
-        total = int(dyn["steps"])
-    elif dyn.get("t_max") is not None and dyn.get("dt"):
-        total = max(1, round(float(dyn["t_max"]) / float(dyn["dt"])))
-    else:
-        return None
-    return total // save_every + 1 + (1 if total % save_every else 0)
+            data = {}
+    if not data:
+        data = {k: v for k, v in traj.parameters.items() if isinstance(v, dict)}
+    if not data:
+        return None, None
+    try:
+        return validate_recipe(SimulationRecipe, data), None
+    except RecipeError as err:
+        return None, f"{traj.path.name}: the stored recipe does not validate ({err}); analysing without it"
 
 
 def read_run_info(traj: Trajectory) -> RunInfo:
@@ -143,13 +150,15 @@ def read_run_info(traj: Trajectory) -> RunInfo:
     if n == 0:
         raise ValueError(f"{traj.path}: the trajectory has no frames")
     _, n_rep, n_nodes = phase.shape
-    recipe = _recipe(traj)
+    spec, problem = _recipe(traj)
     info = RunInfo(
         path=traj.path, n_frames=n, n_replicas=n_rep, n_nodes=n_nodes, times=times[:n], steps=steps[:n],
-        recipe=recipe, couplings=_replica(traj, "coupling", n_rep, np.nan, np.float64),
+        spec=spec, couplings=_replica(traj, "coupling", n_rep, np.nan, np.float64),
         seeds=_replica(traj, "seed", n_rep, -1, np.int64), unwrapped=traj.unwrapped,
     )
-    expected = _expected_frames(recipe)
+    if problem is not None:
+        info.warnings.append(problem)
+    expected = None if spec is None else spec.n_frames
     if expected is not None and n < expected:
         info.warnings.append(f"{traj.path.name} holds {n} of {expected} frames (killed or partial run?); "
                              f"analysing up to t={times[n - 1]:g}")
@@ -232,14 +241,9 @@ def node_positions(traj: Trajectory, info: RunInfo) -> np.ndarray | None:
     if pos.ndim == 2 and pos.shape == (info.n_nodes, pos.shape[1]) and pos.shape[1] > 0:
         return pos
     if info.topology in ("triangular", "hexagonal") and len(info.shape) == 2:
-        import networkx as nx
-
-        from lotsim.lattice import sorted_graph
-
-        builder = nx.triangular_lattice_graph if info.topology == "triangular" else nx.hexagonal_lattice_graph
-        g = nx.Graph(sorted_graph(builder(*info.shape, periodic=info.periodic, with_positions=True)))
-        if g.number_of_nodes() == info.n_nodes:
-            return np.array([g.nodes[v]["pos"] for v in g.nodes], dtype=np.float64)
+        positions = sheet_positions(info.topology, info.shape, info.periodic)
+        if positions.shape[0] == info.n_nodes:
+            return positions
     return None
 
 
@@ -253,23 +257,19 @@ def edge_arrays(traj: Trajectory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def row_scale(info: RunInfo, receivers: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """[N] factor of each row of W = row_scale[:, None] * A for the run's normalisation."""
-    norm = info.normalization
-    if norm == "mean-field":
-        return np.full(info.n_nodes, 1.0 / info.n_nodes)
-    if norm == "degree":
-        degree = np.bincount(receivers, weights=weights, minlength=info.n_nodes)
-        return np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)
-    if norm == "none":
-        return np.ones(info.n_nodes)
-    raise ValueError(f"{info.path}: unknown coupling normalisation {norm!r} (no recipe stored?)")
+    """[N] factor of each row of W = row_scale[:, None] * A for the run's normalisation (the
+    simulator's own rule, :func:`lotsim.lattice.row_scale`, on the stored edges' in-degrees)."""
+    if info.normalization == "unknown":
+        raise ValueError(f"{info.path}: unknown coupling normalisation (no recipe stored?)")
+    return lattice_row_scale(info.normalization, np.bincount(receivers, weights=weights, minlength=info.n_nodes))
 
 
 def complete_scale(info: RunInfo) -> float:
     """Factor c such that a complete-graph run with coupling K has W_ij = c K / N (mean-field: 1,
     degree: N/(N-1), none: N)."""
     n = info.n_nodes
-    scale = {"mean-field": 1.0, "degree": n / (n - 1) if n > 1 else 1.0, "none": float(n)}.get(info.normalization)
-    if scale is None:
-        raise ValueError(f"{info.path}: unknown coupling normalisation {info.normalization!r} (no recipe stored?)")
-    return scale
+    if info.normalization == "unknown":
+        raise ValueError(f"{info.path}: unknown coupling normalisation (no recipe stored?)")
+    if n < 2:
+        return 1.0
+    return n * float(lattice_row_scale(info.normalization, np.full(n, n - 1.0))[0])

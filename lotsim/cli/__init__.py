@@ -15,7 +15,7 @@ from lotsim.cli.compare import compare
 from lotsim.cli.eval import eval_
 from lotsim.cli.export import export
 from lotsim.cli.generate import generate
-from lotsim.cli.simulate import simulate
+from lotsim.cli.simulate import RecipeHelp, simulate
 from lotsim.cli.sweep import sweep
 from lotsim.cli.train import train
 
@@ -42,7 +42,7 @@ def main(
     """lotsim: Lattice Oscillator Transformers and a fast, tested Kuramoto lattice simulator."""
 
 
-app.command()(simulate)
+app.command(cls=RecipeHelp)(simulate)
 app.command()(sweep)
 app.command()(train)
 app.command(name="eval")(eval_)

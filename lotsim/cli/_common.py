@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +20,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-stderr = Console(stderr=True)
-stdout = Console()
+stderr = Console(stderr=True, emoji=False)  # ":b:" in a user value stays ":b:"
+stdout = Console(emoji=False)
 
 USAGE_ERROR, RUNTIME_ERROR = 2, 1
 
@@ -31,6 +32,11 @@ def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """Print ``warning: message`` on one line to stderr (the message is shown verbatim, never as markup)."""
+    stderr.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn library ValueErrors (bad recipe, bad file, bad option) into one line and exit code 2."""
@@ -38,21 +44,36 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (RecipeError, ValueError, FileNotFoundError) as err:
+    except (RecipeError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as err:
         raise fail(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
 
 
 def print_json(obj: dict) -> None:
-    """Exactly one JSON object on stdout."""
-    sys.stdout.write(json.dumps(obj, allow_nan=False, default=_jsonable) + "\n")
+    """Exactly one JSON object on stdout. JSON has no NaN or infinity: such numbers are written as
+    null, and a note on stderr says how many (e.g. order parameters of a run whose phases are NaN)."""
+    clean, replaced = _finite_json(obj)
+    if replaced:
+        stderr.print(f"note: {replaced} NaN/inf value(s) written as null in the JSON output", highlight=False)
+    sys.stdout.write(json.dumps(clean, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
-def _jsonable(value):
-    try:
-        return value.tolist()
-    except AttributeError:
-        return str(value)
+def _finite_json(value) -> tuple[object, int]:
+    """``value`` with arrays as lists and NaN/inf as None; also the number of values replaced."""
+    if isinstance(value, dict):
+        items = [(k, *_finite_json(v)) for k, v in value.items()]
+        return {k: v for k, v, _ in items}, sum(n for *_, n in items)
+    if isinstance(value, list | tuple):
+        items = [_finite_json(v) for v in value]
+        return [v for v, _ in items], sum(n for _, n in items)
+    if isinstance(value, bool | int | str) or value is None:
+        return value, 0
+    if isinstance(value, float):
+        return (value, 0) if math.isfinite(value) else (None, 1)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _finite_json(value.tolist())
+    return str(value), 0
 
 
 def print_table(table, console: Console | None = None) -> None:

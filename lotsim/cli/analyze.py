@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lotsim.cli._common import print_json, print_table, progress_bar, stderr, user_errors
+from lotsim.cli._common import print_json, print_table, progress_bar, stderr, user_errors, warn
 
 analyze_app = typer.Typer(help="Analyse trajectories: order parameters, transitions, phase maps, defects.",
                           no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
@@ -33,7 +33,7 @@ Group = Annotated[str | None, typer.Option(help="Particles group to analyse, e.g
 
 def _warn(messages) -> None:
     for message in messages:
-        stderr.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+        warn(message)
 
 
 def _formats(svg: bool) -> tuple[str, ...]:

@@ -2,15 +2,79 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from typer.core import TyperCommand
 
-from lotsim.cli._common import RUNTIME_ERROR, fail, print_json, progress_bar, stderr, stdout, user_errors
+from lotsim.cli._common import RUNTIME_ERROR, fail, print_json, progress_bar, stderr, stdout, user_errors, warn
 
 _LAT, _DYN, _FREQ, _INIT, _OUT = "Lattice", "Dynamics", "Frequencies", "Initial state", "Output"
+
+FLAG_KEYS = {
+    "topology": "lattice.topology", "n": "lattice.n", "shape": "lattice.shape", "periodic": "lattice.periodic",
+    "weights": "lattice.weights", "lattice_constant": "lattice.lattice_constant", "lattice_file": "lattice.file",
+    "coupling_range": "lattice.coupling_range", "coupling": "dynamics.coupling",
+    "normalization": "dynamics.normalization", "frustration": "dynamics.frustration",
+    "harmonics": "dynamics.harmonics", "noise": "dynamics.noise", "inertia": "dynamics.inertia",
+    "integrator": "dynamics.integrator", "dt": "dynamics.dt", "steps": "dynamics.steps", "t_max": "dynamics.t_max",
+    "backend": "dynamics.backend", "device": "dynamics.device", "dtype": "dynamics.dtype", "replicas": "replicas",
+    "freq_dist": "frequencies.dist", "freq_mean": "frequencies.mean", "freq_width": "frequencies.width",
+    "freq_sampling": "frequencies.sampling", "freq_file": "frequencies.file", "twist": "initial.twist",
+    "init": "initial.kind", "save_every": "output.save_every", "compression": "output.compression", "seed": "seed",
+    "shard": "shard",
+}
+"""Each recipe flag's key: the flags are shortcuts for ``--set KEY=value`` (``--init FILE`` also sets
+``initial.file``)."""
+
+
+class RecipeHelp(TyperCommand):
+    """``--help`` shows each recipe flag's default, read from the recipe model when help is asked for
+    (so importing the CLI stays cheap and no default is written twice)."""
+
+    def format_help(self, ctx, formatter):
+        from lotsim.config import SimulationRecipe, recipe_keys
+
+        defaults = {key: value for key, value, _ in recipe_keys(SimulationRecipe)}
+        saved = [(param, param.default, param.show_default) for param in self.params if param.name in FLAG_KEYS]
+        try:
+            for param, _, _ in saved:
+                default = defaults.get(FLAG_KEYS[param.name])
+                if default is not None:
+                    param.default, param.show_default = default, True
+            return super().format_help(ctx, formatter)
+        finally:  # the command object outlives this call (tests invoke it many times)
+            for param, default, show in saved:
+                param.default, param.show_default = default, show
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""  # a flag takes no value: no "<bool>" beside it
+        return option
+
+
+def _list_keys(value: bool) -> None:
+    """``--list-keys``: every recipe key with its default and allowed values, then exit."""
+    if not value:
+        return
+    from rich.table import Table
+
+    from lotsim.config import SimulationRecipe, recipe_keys
+
+    table = Table(title="recipe keys (set any with --set key=value)", box=None)
+    for column in ("key", "default", "allowed"):
+        table.add_column(column, overflow="fold")
+    for key, default, allowed in recipe_keys(SimulationRecipe):
+        shown = "" if default is None else json.dumps(default)  # these JSON values are TOML, as --set takes them
+        table.add_row(key, escape(shown), escape(allowed))
+    stdout.print(table)
+    raise typer.Exit()
 
 
 def _shape(value: str | None) -> list[int] | None:
@@ -53,8 +117,10 @@ def simulate(
                                                  "complete, small-world, random-regular, erdos-renyi, "
                                                  "edgelist, graphml.", rich_help_panel=_LAT)] = None,
     n: Annotated[int | None, typer.Option("--n", help="Number of nodes.", rich_help_panel=_LAT)] = None,
-    shape: Annotated[str | None, typer.Option(help="Grid shape, e.g. 32x32.", rich_help_panel=_LAT)] = None,
-    periodic: Annotated[bool | None, typer.Option("--periodic/--open", help="Boundary conditions.",
+    shape: Annotated[str | None, typer.Option(help="Grid shape, e.g. 32x32 (rows x cols; hexagonal counts "
+                                              "hexagon cells, so 8x8 has 160 nodes open, 128 periodic).",
+                                              rich_help_panel=_LAT)] = None,
+    periodic: Annotated[bool | None, typer.Option("--periodic/--open", help="Boundary conditions.", metavar="",
                                                   rich_help_panel=_LAT)] = None,
     weights: Annotated[str | None, typer.Option(help="Edge weights: uniform, exp, power.",
                                                 rich_help_panel=_LAT)] = None,
@@ -103,34 +169,40 @@ def simulate(
                                               rich_help_panel=_OUT)] = None,
     out: Annotated[Path | None, typer.Option(help="Output .h5 file (default outputs/<name>/<time>/traj.h5).",
                                              rich_help_panel=_OUT)] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.", rich_help_panel=_OUT)] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.", rich_help_panel=_OUT)] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.", metavar="",
+                                         rich_help_panel=_OUT)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.", metavar="",
+                                            rich_help_panel=_OUT)] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.", metavar="")] = False,
+    list_keys: Annotated[bool, typer.Option("--list-keys", help="List every recipe key with its default and exit.",
+                                            metavar="", callback=_list_keys, is_eager=True)] = False,
 ) -> None:
     """Simulate Kuramoto oscillators on a lattice and stream the phases to an H5MD file.
 
     With no arguments it runs the embedded default: a coupling sweep K = 0..3 on a 1000-oscillator
-    complete graph with Lorentzian frequencies (gamma = 0.5, so K_c = 1).
+    complete graph with Lorentzian frequencies (gamma = 0.5, so K_c = 1). The options below are
+    shortcuts for the most used recipe keys; every key can be set with --set section.key=value, and
+    --list-keys prints them all with their defaults.
     """
     from lotsim.config import SimulationRecipe, load_recipe, recipe_to_toml
+    from lotsim.lattice import FILE_TOPOLOGIES
+    from lotsim.memory import check_memory
 
     init_kind, init_file = None, None
     if init is not None:
         init_kind, init_file = (init, None) if init in ("random", "sync", "twisted", "vortex") else ("file", init)
-    flags = {
-        "lattice.topology": topology, "lattice.n": n, "lattice.shape": _shape(shape), "lattice.periodic": periodic,
-        "lattice.weights": weights, "lattice.lattice_constant": lattice_constant, "lattice.file": lattice_file,
-        "lattice.coupling_range": coupling_range,
-        "dynamics.coupling": _coupling(coupling), "dynamics.normalization": normalization,
-        "dynamics.frustration": _floats(frustration), "dynamics.harmonics": _floats(harmonics),
-        "dynamics.noise": noise, "dynamics.inertia": inertia, "dynamics.integrator": integrator, "dynamics.dt": dt,
-        "dynamics.steps": steps, "dynamics.t_max": t_max, "dynamics.backend": backend, "dynamics.device": device,
-        "dynamics.dtype": dtype, "replicas": replicas, "frequencies.dist": freq_dist, "frequencies.mean": freq_mean,
-        "frequencies.width": freq_width, "frequencies.sampling": freq_sampling, "frequencies.file": freq_file,
-        "initial.kind": init_kind, "initial.file": init_file, "initial.twist": twist,
-        "output.save_every": save_every, "output.compression": compression, "seed": seed, "shard": shard,
-    }
-    updates = {k: v for k, v in flags.items() if v is not None}
+    values = dict(locals())
+    values.update(shape=_shape(shape), coupling=_coupling(coupling), frustration=_floats(frustration),
+                  harmonics=_floats(harmonics), init=init_kind)
+    updates = {key: values[name] for name, key in FLAG_KEYS.items() if values[name] is not None}
+    # a kind chosen on the command line drops the recipe's file of another kind (a file given without
+    # its kind is refused by the recipe: it is never silently ignored)
+    if init is not None:
+        updates["initial.file"] = init_file
+    if freq_dist not in (None, "file") and freq_file is None:
+        updates["frequencies.file"] = None
+    if topology is not None and topology not in FILE_TOPOLOGIES and lattice_file is None:
+        updates["lattice.file"] = None
     # a duration given on the command line replaces the recipe's other duration key
     if steps is not None:
         updates.setdefault("dynamics.t_max", None)
@@ -139,9 +211,12 @@ def simulate(
 
     with user_errors():
         resolved = load_recipe(SimulationRecipe, recipe, set_ or [], updates)
+        check_memory(resolved)  # before torch is even imported
+    from lotsim.dynamics import BackendUnavailable
     from lotsim.simulation import SimulationBlowUp, SimulationInterrupted, default_output_path, run_simulation
 
     path = out if out is not None else default_output_path(resolved)
+    _check_out(path)
     if resume and not path.is_file():
         raise fail(f"--resume needs an existing --out file; {str(path)!r} does not exist")
     if not resume and path.exists() and not overwrite:
@@ -152,16 +227,33 @@ def simulate(
         try:
             result = run_simulation(resolved, path, resume=resume, overwrite=overwrite,
                                     progress=lambda step, total: bar.update(task, completed=step))
+        except BackendUnavailable as err:
+            raise fail(str(err)) from None
         except (SimulationBlowUp, SimulationInterrupted) as err:
             raise fail(str(err), RUNTIME_ERROR) from None
     (path.parent / "recipe.resolved.toml").write_text(recipe_to_toml(resolved))
 
     summary = result.summary()
+    for warning in summary.get("warnings", []):
+        warn(warning)
     if json_:
         print_json(summary)
         return
     _print_table(summary)
-    stderr.print(f"trajectory: [bold]{path}[/bold]")
+    stderr.print(f"trajectory: [bold]{escape(str(path))}[/bold]", highlight=False)
+
+
+def _check_out(path: Path) -> None:
+    """Refuse an --out that cannot become a file: a folder, a path through a file, an unwritable folder."""
+    if path.is_dir():
+        raise fail(f"--out {str(path)!r} is a folder; give a file path such as {str(path / 'traj.h5')!r}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise fail(f"--out {str(path)!r}: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise fail(f"--out {str(path)!r}: the folder {str(parent)!r} is not writable")
 
 
 def _print_table(summary: dict) -> None:

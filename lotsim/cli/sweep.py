@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from lotsim.cli._common import RUNTIME_ERROR, fail, print_json, stderr, user_errors
 
@@ -48,4 +49,4 @@ def sweep(
         print_json(report)
     else:
         for path in report["files"]:
-            stderr.print(path)
+            stderr.print(escape(path), highlight=False)

@@ -29,11 +29,9 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from lotsim.lattice import Lattice
+from lotsim.lattice import Lattice, Normalization, row_scale
 
-Normalization = Literal["mean-field", "degree", "none"]
 Method = Literal["euler", "heun", "rk4"]
-NORMALIZATIONS = ("mean-field", "degree", "none")
 METHODS = ("euler", "heun", "rk4")
 
 
@@ -127,25 +125,9 @@ class MeanFieldOperator(CouplingOperator):
         return self
 
 
-def row_scale(lattice: Lattice, normalization: Normalization) -> np.ndarray:
-    """(n,) factor of each row of ``W = row_scale[:, None] * A`` (physics.md table).
-
-    ``mean-field``: 1/N; ``degree``: 1/k_i with the weighted in-degree k_i (rows of isolated nodes
-    stay zero: they rotate freely); ``none``: 1.
-    """
-    if normalization == "mean-field":
-        return np.full(lattice.n, 1.0 / lattice.n)
-    if normalization == "degree":
-        degree = lattice.in_degree()
-        return np.divide(1.0, degree, out=np.zeros_like(degree), where=degree > 0)
-    if normalization == "none":
-        return np.ones(lattice.n)
-    raise ValueError(f"unknown normalization {normalization!r}; allowed: {', '.join(NORMALIZATIONS)}")
-
-
 def normalized_adjacency(lattice: Lattice, normalization: Normalization) -> Lattice:
     """The lattice with edge weights ``W_ij = A_ij * row_scale[i]``."""
-    scale = row_scale(lattice, normalization)
+    scale = row_scale(normalization, lattice.in_degree())
     return lattice.with_edge_weights(lattice.weights * scale[lattice.receivers])
 
 
@@ -162,7 +144,7 @@ def build_operator(
     neighbour table when the in-degree is nearly uniform (lattices), CSR otherwise.
     """
     if layout in ("auto", "mean-field") and lattice.complete and lattice.edges is None:
-        scale = row_scale(lattice, normalization)[0]
+        scale = row_scale(normalization, lattice.in_degree())[0]
         return MeanFieldOperator(lattice.n, float(lattice.complete_weight * scale))
     if layout == "mean-field":
         raise ValueError("the mean-field layout needs the complete graph (topology 'complete')")

@@ -91,9 +91,9 @@ def _load_array(file: str | Path, what: str) -> np.ndarray:
         raise ValueError(f"{what} {str(path)!r} does not exist")
     try:
         values = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.float64)
+        values = np.asarray(values, dtype=np.float64)  # a .npy of strings fails here
     except Exception as err:  # numpy raises several kinds for malformed files
         raise ValueError(f"cannot read {what} {str(path)!r}: {err}") from None
-    values = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{what} {str(path)!r} contains NaN or inf")
     return values

@@ -31,13 +31,17 @@ definition (it is included in the locked set even when kappa = 0), so every row 
 own token; a token that locks to nothing attends to itself. No row is ever empty, no NaN.
 
 **Implementation.** The weights are a non-separable function of (q.k, omega_t - omega_u): there is no
-low-rank feature map, so no plain SDPA rewrite. ``materialised`` builds the (b, h, t, t) weights —
-T x T memory is accepted for this variant. ``flex`` runs the same math as a FlexAttention
-``score_mod`` (log w, double-``where`` so unlocked pairs get -inf and no NaN gradient) with a causal
-block mask: fused under ``torch.compile`` on GPU; eager CPU FlexAttention materialises anyway and has
-no backward, so it is for inference checks there. ``auto`` (default) uses flex only while
-``torch.compile`` traces (and never under ``torch.export``/ONNX, which cannot export it), else the
-materialised path. Closed form, no integrator: the core's ODE would only approach this fixed point.
+low-rank feature map, so no plain SDPA rewrite. ``materialised`` builds the (b, h, t, t) weights in one
+block: the reference. ``chunked`` (what ``auto`` runs in eager mode) computes the same weights by
+blocks of 128 query rows against their causal key prefix, recomputing each block in the backward:
+memory O(t x 128), no T x T tensor. ``flex`` runs the same math as a FlexAttention ``score_mod``
+(log w, double-``where`` so unlocked pairs get -inf and no NaN gradient) with a causal block mask:
+fused under ``torch.compile`` on GPU; CPU FlexAttention has no backward (eager or compiled), so it
+serves inference there. ``auto`` uses flex while ``torch.compile`` traces, except for a CPU
+backward and under ``torch.export``/ONNX (which cannot export it; export gets the materialised
+block), else chunked. Masked keys are excluded before the exponential, so large float32 scores
+never give inf and no NaN gradients. Closed form, no integrator: the core's ODE would only
+approach this fixed point.
 
 Legend: ``b`` batch, ``t`` tokens, ``h`` heads, ``d`` head dim, ``D`` model width.
 """
@@ -70,7 +74,7 @@ class SSAOptions(AttentionOptions):
         coupling_init: initial kappa (> 0).
         content_frequency_init: std of the content-frequency projection's init, times 1/sqrt(D).
         lock_epsilon: eps of g(r) (bounds d w / d r at the locking threshold by 1/sqrt(eps)).
-        implementation: ``auto``, ``materialised`` or ``flex`` (see the module docstring).
+        implementation: ``auto``, ``chunked``, ``materialised`` or ``flex`` (see the module docstring).
     """
 
     locking: bool = True
@@ -78,7 +82,7 @@ class SSAOptions(AttentionOptions):
     coupling_init: float = Field(default=1.0, gt=0)
     content_frequency_init: float = Field(default=0.1, ge=0)
     lock_epsilon: float = Field(default=1e-4, gt=0, lt=1)
-    implementation: Literal["auto", "materialised", "flex"] = "auto"
+    implementation: Literal["auto", "chunked", "materialised", "flex"] = "auto"
 
 
 @dataclass
@@ -102,33 +106,78 @@ class SSAIntermediates(Intermediates):
                 "coupling": float(self.coupling.detach().mean())}
 
 
-def locking(scores: torch.Tensor, omega: torch.Tensor, coupling: torch.Tensor, epsilon: float
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def _log_two_kappa(coupling: torch.Tensor) -> torch.Tensor:
+    """log(2 kappa), (h,); kappa is floored at 1e-30 (kappa = 0: only the self pair locks)."""
+    return torch.log(2 * coupling.abs().clamp_min(1e-30))
+
+
+def _locking_factor(detuning: torch.Tensor, scores: torch.Tensor, log_two_kappa: torch.Tensor, epsilon: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sqrt(slack + eps) - sqrt(eps)`` (g up to its constant normaliser, which cancels in the
+    attention weights) and the slack ``relu(1 - r^2)`` of ``r = |dw| / (2 kappa e^s)``; elementwise.
+
+    r^2 is formed directly (``dw^2 e^{-2(s + log 2 kappa)}``) and stays NaN-free in float32: the
+    exponent is clamped at 80 (e^80 is finite, so the self pair's 0 * e^80 stays 0; a pair that far
+    from locking stays unlocked), and r^2 is capped at 4 (g(r >= 1) = 0), whose backward passes a
+    zero gradient instead of multiplying 0 by an overflowed product.
+    """
+    r2 = (detuning.square() * torch.exp((-2 * (scores + log_two_kappa)).clamp_max(80.0))).clamp_max(4.0)
+    slack = torch.relu(1 - r2)
+    return torch.sqrt(slack + epsilon) - math.sqrt(epsilon), slack
+
+
+def locking(scores: torch.Tensor, omega: torch.Tensor, coupling: torch.Tensor, epsilon: float,
+            query_start: int = 0, normalise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Steady-state locking factor g and locked mask for explicit scores.
 
     Args:
-        scores: (b, h, t, t) q.k/sqrt(d).
-        omega: (b, t, h) natural frequencies.
+        scores: (b, h, c, u) q.k/sqrt(d) of the queries ``query_start .. query_start + c - 1`` against
+            the keys ``0 .. u - 1`` (c = u = t and query_start 0 for the whole square).
+        omega: (b, t', h) natural frequencies, t' >= max(u, query_start + c).
         coupling: (h,) kappa.
         epsilon: eps of g.
+        query_start: position of the first query row.
+        normalise: divide g by its constant so that g(0) = 1 (the attention weights do without).
 
     Returns:
-        (g, locked), each (b, h, t, t); the diagonal is always locked; causality is not applied.
+        (g, locked), each (b, h, c, u); the self pair is always locked; causality is not applied.
     """
-    om = omega.transpose(1, 2)  # (b, h, t)
-    detuning = (om[..., :, None] - om[..., None, :]).abs()  # |omega_t - omega_u|
-    # r = |dw| / (2 kappa e^s); the exponent is clamped so float32 cannot overflow to inf * 0
-    r = detuning * torch.exp((-scores).clamp_max(60.0)) / (2 * coupling.abs().clamp_min(1e-30)).view(-1, 1, 1)
-    slack = torch.relu(1 - r * r)
-    g = (torch.sqrt(slack + epsilon) - math.sqrt(epsilon)) / (math.sqrt(1 + epsilon) - math.sqrt(epsilon))
-    t = scores.shape[-1]
-    eye = torch.eye(t, dtype=torch.bool, device=scores.device)
-    return g, (slack > 0) | eye
+    c, u = scores.shape[-2:]
+    om = omega.transpose(1, 2)  # (b, h, t')
+    detuning = om[..., query_start:query_start + c, None] - om[..., None, :u]  # omega_t - omega_u
+    g, slack = _locking_factor(detuning, scores, _log_two_kappa(coupling).view(-1, 1, 1), epsilon)
+    if normalise:
+        g = g / (math.sqrt(1 + epsilon) - math.sqrt(epsilon))  # g(0) = 1
+    rows = torch.arange(query_start, query_start + c, device=scores.device)[:, None]
+    self_pair = rows == torch.arange(u, device=scores.device)
+    return g, (slack > 0) | self_pair
+
+
+def _ssa_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, coupling: torch.Tensor,
+              epsilon: float, query_start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSA output of the query rows ``q`` (b, h, c, d) at positions ``query_start ..`` against the keys
+    ``k, v`` (b, h, u, d) at positions ``0 .. u - 1`` (u >= query_start + c: every key a row may see).
+
+    Returns:
+        (y (b, h, c, d), kept keys per row (b, h, c)).
+    """
+    c, u = q.shape[-2], k.shape[-2]
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (b, h, c, u)
+    g, locked = locking(scores, omega, coupling, epsilon, query_start, normalise=False)
+    rows = torch.arange(query_start, query_start + c, device=q.device)[:, None]
+    keep = locked & (torch.arange(u, device=q.device) <= rows)
+    # masked before the exponential (masked keys give exp(-inf) = 0 and a zero gradient, never inf);
+    # stabiliser: the row max over kept keys (the ratio is unchanged; detached; the self pair is kept)
+    masked = scores.masked_fill(~keep, float("-inf"))
+    top = masked.amax(-1, keepdim=True).detach()
+    w = torch.exp(masked - top) * g
+    y = (w / w.sum(-1, keepdim=True)) @ v
+    return y, keep.sum(-1)
 
 
 def materialised_ssa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor,
                      coupling: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """SSA with explicit (b, h, t, t) weights.
+    """SSA with explicit (b, h, t, t) weights (the reference of the chunked and flex paths).
 
     ``A_tu = e^{s_tu} g_tu / sum_{u' <= t, locked} e^{s_tu'} g_tu'`` (kappa cancels in the ratio except
     through r).
@@ -139,17 +188,62 @@ def materialised_ssa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: t
     Returns:
         (y (b, h, t, d), locked fraction (b, t, h) over the prefix).
     """
-    d, t = q.shape[-1], q.shape[-2]
-    scores = q @ k.transpose(-1, -2) / math.sqrt(d)
-    g, locked = locking(scores, omega, coupling, epsilon)
-    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-    keep = locked & causal
-    # stabiliser: the row max over kept keys (the ratio is unchanged; detached)
-    top = scores.masked_fill(~keep, float("-inf")).amax(-1, keepdim=True).detach()
-    w = torch.where(keep, torch.exp(scores - top) * g, torch.zeros_like(g))
-    y = (w / w.sum(-1, keepdim=True)) @ v
-    fraction = keep.to(q.dtype).sum(-1) / causal.to(q.dtype).sum(-1)  # (b, h, t)
-    return y, fraction.transpose(1, 2)
+    y, kept = _ssa_rows(q, k, v, omega, coupling, epsilon, 0)
+    prefix = torch.arange(1, q.shape[-2] + 1, device=q.device, dtype=q.dtype)
+    return y, (kept.to(q.dtype) / prefix).transpose(1, 2)
+
+
+def chunked_ssa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, coupling: torch.Tensor,
+                epsilon: float, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`materialised_ssa` by blocks of ``chunk`` query rows, each against its causal key prefix.
+
+    A block's weights are (b, h, chunk, <= t): memory O(t chunk) instead of O(t^2). Each row sees all
+    of its keys in its block, so no online softmax is needed; the keys past a block's last row are
+    skipped (half the work of the square at long t). With several blocks and gradients on, every
+    block is recomputed in the backward (activation checkpointing) instead of keeping its weights.
+
+    Args:
+        q, k, v: (b, h, t, d); omega: (b, t, h); coupling: (h,); epsilon: eps of g; chunk: rows per block.
+
+    Returns:
+        (y (b, h, t, d), locked fraction (b, t, h) over the prefix), equal to :func:`materialised_ssa`.
+    """
+    t = q.shape[-2]
+    if t <= chunk:
+        return materialised_ssa(q, k, v, omega, coupling, epsilon)
+    from torch.utils.checkpoint import checkpoint
+
+    recompute = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, omega, coupling))
+    ys, kept = [], []
+    for start in range(0, t, chunk):
+        end = min(start + chunk, t)
+        args = (q[..., start:end, :], k[..., :end, :], v[..., :end, :], omega, coupling, epsilon, start)
+        y, n = checkpoint(_ssa_rows, *args, use_reentrant=False) if recompute else _ssa_rows(*args)
+        ys.append(y)
+        kept.append(n)
+    prefix = torch.arange(1, t + 1, device=q.device, dtype=q.dtype)
+    return torch.cat(ys, dim=-2), (torch.cat(kept, dim=-1).to(q.dtype) / prefix).transpose(1, 2)
+
+
+def ssa_score_mod(omega: torch.Tensor, coupling: torch.Tensor, epsilon: float):
+    """FlexAttention ``score_mod`` of SSA: ``score + log g`` for kept pairs, -inf for the others.
+
+    Args:
+        omega: (b, t, h) natural frequencies; coupling: (h,) kappa; epsilon: eps of g.
+
+    Returns:
+        ``score_mod(score, b, h, q_idx, kv_idx)`` (elementwise; broadcasts over index tensors).
+    """
+    om = omega.transpose(1, 2).contiguous()  # (b, h, t)
+    log_two_kappa = _log_two_kappa(coupling)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        g, slack = _locking_factor(om[b, h, q_idx] - om[b, h, kv_idx], score, log_two_kappa[h], epsilon)
+        keep = ((slack > 0) | (q_idx == kv_idx)) & (kv_idx <= q_idx)
+        # -inf for masked pairs; the inner where keeps log's argument positive on either branch
+        return torch.where(keep, score + torch.log(torch.where(keep, g, 1.0)), float("-inf"))
+
+    return score_mod
 
 
 def flex_ssa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, coupling: torch.Tensor,
@@ -164,18 +258,7 @@ def flex_ssa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Ten
     """
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    om = omega.transpose(1, 2).contiguous()  # (b, h, t)
-    two_kappa = 2 * coupling.abs().clamp_min(1e-30)
-    sqrt_eps = math.sqrt(epsilon)
-    g_zero = math.sqrt(1 + epsilon) - sqrt_eps
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        r = (om[b, h, q_idx] - om[b, h, kv_idx]).abs() * torch.exp((-score).clamp_max(60.0)) / two_kappa[h]
-        slack = torch.relu(1 - r * r)
-        self_pair = q_idx == kv_idx
-        g = (torch.sqrt(slack + epsilon) - sqrt_eps) / g_zero
-        keep = ((slack > 0) | self_pair) & (kv_idx <= q_idx)
-        return torch.where(keep, score + torch.log(torch.where(keep, g, 1.0)), float("-inf"))
+    score_mod = ssa_score_mod(omega, coupling, epsilon)
 
     def causal(b, h, q_idx, kv_idx):
         return kv_idx <= q_idx
@@ -185,14 +268,23 @@ def flex_ssa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Ten
     return flex_attention(q, k, v, score_mod=score_mod, block_mask=mask, scale=1.0 / math.sqrt(q.shape[-1]))
 
 
-def _use_flex(implementation: str) -> bool:
+def _use_flex(implementation: str, backward_on_cpu: bool = False) -> bool:
+    """Whether ``implementation`` runs through FlexAttention: ``flex``, or ``auto`` while
+    ``torch.compile`` traces (never under ``torch.export``/ONNX, which cannot export it, nor when a
+    backward on the CPU is needed: FlexAttention has none there, compiled or not)."""
     if implementation != "auto":
         return implementation == "flex"
     compiler = getattr(torch, "compiler", None)
-    if compiler is None or not compiler.is_compiling():
+    if compiler is None or not compiler.is_compiling() or backward_on_cpu:
         return False
-    is_exporting = getattr(compiler, "is_exporting", None)
-    return not (is_exporting is not None and is_exporting())
+    return not _exporting()
+
+
+def _exporting() -> bool:
+    """Whether ``torch.export`` (and so the ONNX exporter) is tracing: it gets the one-block
+    materialised path (a loop over blocks would fix the exported length)."""
+    is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None)
+    return is_exporting is not None and is_exporting()
 
 
 @register_attention("ssa")
@@ -265,15 +357,18 @@ class SSAAttention(QKVAttention):
         fraction = None
         if not o.locking and not iv:
             y = self.attend(q, k, v)  # equal frequencies: every pair locked, A = softmax (one SDPA call)
-        elif _use_flex(o.implementation):
+        elif _use_flex(o.implementation, q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad):
             y = flex_ssa(q, k, v, omega, coupling, o.lock_epsilon)
-        else:
+        elif o.implementation == "materialised" or _exporting():
             y, fraction = materialised_ssa(q, k, v, omega, coupling, o.lock_epsilon)
+        else:
+            y, fraction = chunked_ssa(q, k, v, omega, coupling, o.lock_epsilon)
         y = self.merge_heads(y)
         if not return_intermediates:
             return y, None
         if fraction is None:
-            _, fraction = materialised_ssa(q, k, v, omega, coupling, o.lock_epsilon)
+            with torch.no_grad():
+                _, fraction = chunked_ssa(q, k, v, omega, coupling, o.lock_epsilon)
         return y, SSAIntermediates(layer=self.layer, omega=omega, locked_fraction=fraction, coupling=coupling,
                                    sequence_frequency=sequence_frequency)
 
@@ -282,4 +377,5 @@ class SSAAttention(QKVAttention):
         return f"rope={o.rope}, implementation={o.implementation}"
 
 
-__all__ = ["SSAAttention", "SSAIntermediates", "SSAOptions", "flex_ssa", "locking", "materialised_ssa"]
+__all__ = ["SSAAttention", "SSAIntermediates", "SSAOptions", "chunked_ssa", "flex_ssa", "locking",
+           "materialised_ssa", "ssa_score_mod"]

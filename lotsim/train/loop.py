@@ -351,6 +351,8 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
     if ddp.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)  # the training steps only; evaluation and telemetry use raw_model
 
     # -- run folder (rank 0 writes; every rank learns its name) ------------------------------------
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)

@@ -61,6 +61,11 @@ class TrainSection(Section):
         threads: torch CPU threads per process (0: torch's default). 1 by default: small models run
             about as fast on one thread, and several threads slow down badly on a busy machine.
         stop_at: stop after this step as if interrupted (resumable; the schedule still spans ``steps``).
+        compile: run the training forward and backward through ``torch.compile`` (evaluation stays
+            eager). On a CPU it costs a one-off compilation (85 s of wall time for the baby-GPT
+            shape on a loaded 2-core machine; cached on disk for later runs; needs a C++ compiler)
+            and then saves about a sixth of each step, so it pays for runs of a few thousand steps;
+            see docs/performance.md.
     """
 
     steps: Annotated[int, Field(ge=1)] = 1500
@@ -88,6 +93,7 @@ class TrainSection(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: Annotated[int, Field(ge=0)] = 1
     stop_at: Annotated[int, Field(ge=0)] | None = None
+    compile: bool = False
 
     @field_validator("device")
     @classmethod
