@@ -30,6 +30,7 @@ Legend: ``b`` batch, ``t`` tokens, ``h`` heads, ``d`` head dim, ``D`` model widt
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -198,6 +199,11 @@ class QKVAttention(Attention):
         """(b, h, t, d) -> output projection of (b, t, D)."""
         b, _, t, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, self.d_model))
+
+    @property
+    def scale(self) -> float:
+        """The softmax scale 1/sqrt(d)."""
+        return 1.0 / math.sqrt(self.head_dim)
 
 
 def register_attention(name: str) -> Callable[[type[Attention]], type[Attention]]:
