@@ -126,3 +126,210 @@ def test_an_interrupted_worker_reports_where_to_resume():
 
     err = pickle.loads(pickle.dumps(TrainingInterrupted("runs/x", 7)))
     assert (err.run_dir, err.step) == ("runs/x", 7) and "step 7" in str(err)
+
+
+def test_tuning_sweeps_each_arm_on_validation_then_runs_its_best_rate(tmp_path, monkeypatch):
+    from lotsim.tasks.copy_reverse import CopyReverse
+
+    phase, seen = {"now": None}, []
+    original = CopyReverse.batch
+
+    def spy(self, split, batch_size, index):
+        seen.append((phase["now"], split))
+        return original(self, split, batch_size, index)
+
+    monkeypatch.setattr(CopyReverse, "batch", spy)
+
+    def on_event(event):
+        if event["event"] == "run":
+            phase["now"] = event["phase"]
+
+    base = load_training_recipe(None, TINY)
+    arms = parse_arms("vanilla,lattice")
+    lrs = [1e-3, 3e-3, 1e-2, 3e-2]
+    report = run_comparison(base, arms, [0, 1], tmp_path, lrs=lrs, tune=True, tune_steps=2, callback=on_event,
+                            plot=False)
+    assert ("tune", "validation") in seen and ("tune", "train") in seen
+    assert ("tune", "test") not in seen  # the test split is never used for tuning
+    assert ("full", "test") in seen
+    tuning = report["tuning"]
+    assert tuning["steps"] == 2 and tuning["seed"] == 0 and tuning["lrs"] == lrs
+    for arm in ("vanilla", "lattice"):
+        scores = tuning["validation"][arm]
+        assert set(scores) == {str(lr) for lr in lrs}
+        assert report["arms"][arm]["lr"] == float(min(scores, key=scores.get)) == tuning["chosen"][arm]
+        for lr in lrs:  # one short, validation-only run per arm and rate, on the first seed
+            run = tmp_path / "tune" / "steps2" / arm / f"lr{lr:g}" / "seed0"
+            assert (run / "tuning.json").is_file() and not (run / "metrics.json").exists()
+            assert json.loads((run / "tuning.json").read_text())["steps"] == 2
+        full = sorted(p.name for p in (tmp_path / "runs" / arm).iterdir())
+        assert full == [f"lr{report['arms'][arm]['lr']:g}"]  # the full runs use the chosen rate only
+        assert report["arms"][arm]["metrics"]["loss"]["n"] == 2
+    assert "Learning-rate sweep: validation after 2 steps, seed 0" in (tmp_path / "report.md").read_text()
+    again = []  # resumable: a rerun trains nothing
+    run_comparison(base, arms, [0, 1], tmp_path, lrs=lrs, tune=True, tune_steps=2, callback=again.append,
+                   plot=False)
+    assert not any(e["event"] == "train" for e in again)
+    with pytest.raises(ValueError, match="tune_steps=5"):
+        run_comparison(base, arms, [0], tmp_path / "bad", tune=True, tune_steps=5)
+
+
+def test_tuning_recipe_keeps_the_schedule_shape():
+    from lotsim.train.compare import TUNE_LRS, tuning_recipe
+
+    base = load_training_recipe(None, ["train.steps=1000", "train.warmup_steps=100", "train.eval_every=500"])
+    short = tuning_recipe(base, 250)
+    assert (short.train.steps, short.train.warmup_steps, short.train.eval_every) == (250, 25, 250)
+    assert len(TUNE_LRS) >= 4 and np.allclose(np.diff(np.log10(TUNE_LRS)), 0.5, atol=0.03)  # half a decade apart
+
+
+def test_holm_adjustment_and_simultaneous_intervals():
+    from lotsim.train.compare import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, None, 0.01]) == pytest.approx([0.5, None, 0.02])
+    a, b = [3.12, 3.08, 3.15, 3.10, 3.05], [3.18, 3.16, 3.21, 3.12, 3.19]
+    d = difference(a, b, family_size=3)
+    joint = stats.ttest_rel(a, b).confidence_interval(1 - 0.05 / 3)
+    assert d["paired"]["ci_simultaneous"] == pytest.approx([joint.low, joint.high])
+    assert d["paired"]["ci_simultaneous"][0] < d["paired"]["ci"][0]
+    assert d["paired"]["median_difference"] == pytest.approx(np.median(np.subtract(a, b)))
+
+
+def test_few_seeds_make_a_screen_with_caveats():
+    from lotsim.train.compare import _caveats
+
+    assert _caveats(5) == []
+    assert len(_caveats(3)) == 1 and "screen" in _caveats(3)[0]
+    assert any("1 degree of freedom" in c for c in _caveats(2))
+
+
+def test_validation_slope_over_the_last_fifth(tmp_path):
+    from lotsim.train.compare import validation_slope
+
+    lines = [{"step": s, "split": "validation", "loss": 2.0 - 1e-4 * s} for s in range(0, 1001, 100)]
+    lines += [{"step": 1000, "split": "train", "loss": 9.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    slope = validation_slope(tmp_path, 1000)
+    assert slope["points"] == 3 and slope["window"] == [800, 1000]
+    assert slope["slope_per_1k_steps"] == pytest.approx(-0.1) and slope["change_over_window"] == pytest.approx(-0.02)
+    assert validation_slope(tmp_path, 10_000)["slope_per_1k_steps"] is None  # no point in the window
+
+
+def test_report_statistics_and_sync_order_only_where_phases_act(tmp_path):
+    base = load_training_recipe(None, TINY + ["train.eval_every=1", "train.steps=10"])
+    report = run_comparison(base, parse_arms("vanilla,lattice,lattice:no-oscillator"), [0, 1], tmp_path)
+    assert report["grade"] == "screen" and any("1 degree of freedom" in c for c in report["caveats"])
+    assert "sync_order" in report["arms"]["lattice"]["metrics"]
+    assert "sync_order" not in report["arms"]["lattice:no-oscillator"]["metrics"]  # its phase term is off
+    ps = [report["arms"][a]["metrics"]["loss"]["vs_baseline"]["paired"] for a in ("lattice", "lattice:no-oscillator")]
+    from lotsim.train.compare import holm
+
+    assert [p["p_holm"] for p in ps] == holm([p["p"] for p in ps])
+    conv = report["baseline_convergence"]
+    assert conv["arm"] == "vanilla" and conv["window"] == [8, 10] and [s["points"] for s in conv["per_seed"]] == [3, 3]
+    slopes = [s["slope_per_1k_steps"] for s in conv["per_seed"]]
+    assert conv["slope_per_1k_steps_mean"] == pytest.approx(np.mean(slopes))
+    text = (tmp_path / "report.md").read_text()
+    assert text.startswith("# Screen") and "Caveat" in text and "p† Holm" in text and "Δ median" in text
+
+
+def test_comparison_plot_pairs_seeds_and_shows_the_paired_ci(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from lotsim.train.compare import plot_comparison
+
+    captured = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: captured.setdefault("fig", fig))
+    a, b = [1.0, 1.1, 1.2], [0.9, 1.05, 1.0]
+    report = {"recipe": "r", "steps": 10, "seeds": [0, 1, 2], "grade": "screen", "baseline": "vanilla",
+              "metrics": ["loss"],
+              "arms": {"vanilla": {"metrics": {"loss": {"values": b, "mean": float(np.mean(b))}}},
+                       "lattice": {"metrics": {"loss": {"values": a, "mean": float(np.mean(a)),
+                                                        "vs_baseline": difference(a, b)}}}}}
+    plot_comparison(report, tmp_path / "c.png")
+    top, bottom = captured["fig"].axes[:2]
+    assert top.get_ylabel() == "test loss" and bottom.get_ylabel() == "Δ loss vs vanilla"
+    dots = [c.get_offsets() for c in top.collections if len(c.get_offsets()) == 2]  # one scatter per seed
+    assert len(dots) == 3
+    for k, xy in enumerate(dots):  # seed k sits at the same offset in both arms
+        assert xy[1, 0] - xy[0, 0] == pytest.approx(1.0)
+        assert list(xy[:, 1]) == [b[k], a[k]]
+    joined = [line for line in top.get_lines() if len(line.get_xdata()) == 2]
+    assert len(joined) == 3  # paired seeds joined across arms
+    (bar,) = [c for c in bottom.containers]
+    ci = report["arms"]["lattice"]["metrics"]["loss"]["vs_baseline"]["paired"]["ci"]
+    segment = bar.lines[2][0].get_segments()[0]
+    assert [segment[0][1], segment[1][1]] == pytest.approx(ci)
+
+
+def test_compare_help_lists_every_variants_ablations():
+    from lotsim.cli.compare import ABLATIONS
+    from lotsim.model import available_attentions, get_attention
+
+    registry = "; ".join(f"{a}: " + ", ".join(get_attention(a).ablations) for a in available_attentions()
+                         if get_attention(a).ablations)
+    assert ABLATIONS == registry, "update ABLATIONS in lotsim/cli/compare.py to the registry's ablations"
+    result = CliRunner().invoke(app, ["compare", "--help"], terminal_width=400)
+    flat = " ".join(result.stdout.split())
+    for part in registry.split("; "):
+        for ablation in part.split(": ")[1].split(", "):
+            assert ablation in flat
+    assert "--tune" in flat and "--tune-steps" in flat and "--copy-depth" in flat
+
+
+def test_compare_cli_rejects_tune_steps_without_tune():
+    result = CliRunner().invoke(app, ["compare", "--tune-steps", "3"])
+    assert result.exit_code == 2 and "--tune-steps needs --tune" in result.output
+
+
+def test_copy_depth_breakdown_per_arm_in_the_report(tmp_path):
+    base = load_training_recipe(None, TINY)
+    report = run_comparison(base, parse_arms("vanilla,lattice"), [0, 1], tmp_path, copy_depth=True)
+    assert (tmp_path / "copy_depth.png").is_file()
+    for arm in ("vanilla", "lattice"):
+        breakdown = report["copy_depth"][arm]
+        assert breakdown["seeds"] == 2 and breakdown["split"] == "test"
+        per_seed = [json.loads((tmp_path / "runs" / arm / "lr0.003" / f"seed{s}" / "copy_depth.test.json").read_text())
+                    for s in (0, 1)]
+        for i, row in enumerate(breakdown["depth"]):
+            known = [b["depth"][i]["loss_mean"] for b in per_seed if b["depth"][i]["loss_mean"] is not None]
+            assert row["loss_mean"] == (pytest.approx(np.mean(known)) if known else None)
+    assert "## Copy depth" in (tmp_path / "report.md").read_text()
+
+
+def test_a_best_rate_on_the_edge_of_the_sweep_is_flagged():
+    from lotsim.train.compare import build_report
+
+    base = load_training_recipe(None, TINY)
+    row = {"test": {"loss": 1.0}, "validation_best": 1.0, "tokens_per_s": 1.0, "run_dir": "nowhere", "seed": 0}
+    runs = {"vanilla": {1e-3: [row], 3e-3: [row]}}
+    params = {"vanilla": {"total": 1, "non_embedding": 1, "d_ff": 1, "relative_to_reference": 0.0}}
+    report = build_report(base, runs, {"vanilla": 3e-3}, params, "vanilla", [0], [1e-3, 3e-3, 1e-2])
+    assert any("vanilla's best rate 0.003" in c for c in report["caveats"]) is False
+    report = build_report(base, runs, {"vanilla": 1e-3}, params, "vanilla", [0], [1e-3, 3e-3, 1e-2])
+    assert any("vanilla's best rate 0.001 is the sweep's smallest" in c for c in report["caveats"])
+
+
+@pytest.mark.slow
+def test_tuning_in_parallel_jobs_gives_the_serial_report(tmp_path):
+    """~90 s on a loaded 2-core machine (spawned workers import torch)."""
+    base = load_training_recipe(None, TINY)
+    arms = parse_arms("lattice")
+    kwargs = {"lrs": [1e-3, 1e-2], "tune": True, "tune_steps": 2, "plot": False}
+    serial = run_comparison(base, arms, [0], tmp_path / "serial", **kwargs)
+    parallel = run_comparison(base, arms, [0], tmp_path / "parallel", jobs=2, **kwargs)
+    assert parallel["tuning"]["validation"] == serial["tuning"]["validation"]
+    for arm in ("lattice",):
+        assert parallel["arms"][arm]["lr"] == serial["arms"][arm]["lr"]
+        assert parallel["arms"][arm]["metrics"]["loss"]["values"] == serial["arms"][arm]["metrics"]["loss"]["values"]
+
+
+def test_a_diverged_rate_is_never_chosen():
+    from lotsim.train.compare import choose_lr
+
+    runs = {1e-2: [{"validation_best": float("nan")}], 1e-3: [{"validation_best": 2.0}],
+            3e-3: [{"validation_best": 1.5}, {"validation_best": None}]}
+    assert choose_lr(runs, lower_is_better=True) == 1e-3
+    assert choose_lr({1e-2: [{"validation_best": float("nan")}], 1e-3: [{"validation_best": 0.2}]}, False) == 1e-3
+    assert choose_lr({1e-3: [{"validation_best": 0.2}], 1e-2: [{"validation_best": 0.5}]}, False) == 1e-2

@@ -1,4 +1,5 @@
-"""``lotsim analyze order|transition|snapshot|movie|defects``: analysis of H5MD trajectories.
+"""``lotsim analyze order|transition|snapshot|movie|defects``: analysis of H5MD trajectories;
+``lotsim analyze copy-depth``: a trained model's held-out loss by copy events.
 
 Thin wrappers over :mod:`lotsim.analysis` (imported inside the commands): options in, library call,
 a rich table or exactly one JSON object out. Warnings (e.g. a partial file) go to stderr.
@@ -12,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from lotsim.cli._common import print_json, print_table, progress_bar, stderr, user_errors, warn
+from lotsim.cli._common import fail, print_json, print_table, progress_bar, stderr, user_errors, warn
 
 analyze_app = typer.Typer(help="Analyse trajectories: order parameters, transitions, phase maps, defects.",
                           no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
@@ -205,4 +206,39 @@ def defects(run: Run, replica: Replica = None, plot: Plot = False, svg: Svg = Fa
                   [row["vortices_final"], row["antivortices_final"], row["net_charge_final"],
                    f"{row['density_final']:.4g}"])
         table.add_row(str(row["replica"]), _fmt(row["coupling"]), str(row["seed"]), *map(str, values))
+    _done(json_, summary, table)
+
+
+@analyze_app.command("copy-depth")
+def copy_depth(run: Annotated[Path, typer.Argument(help="Run folder (its best checkpoint) or checkpoint file of "
+                                                   "lotsim train.", show_default=False)],
+               split: Annotated[str, typer.Option(help="Held-out split: validation or test.")] = "validation",
+               batches: Annotated[int | None, typer.Option(help="Batches to evaluate (default: the recipe's "
+                                                           "test_batches, else the whole split).")] = None,
+               plot: Annotated[Path | None, typer.Option("--plot", help="Write the figure to this file (.png or "
+                                                         ".svg).", show_default=False)] = None,
+               json_: Json = False) -> None:
+    """Held-out loss by copy depth: positions whose target continues an earlier match of the last d tokens."""
+    from lotsim.analysis.copy_depth import analyze_copy_depth, plot_copy_depth
+
+    if split not in ("validation", "test"):
+        raise fail(f"--split {split!r} is not allowed; use validation or test")
+    with user_errors():
+        summary = analyze_copy_depth(run, split=split, max_batches=batches)
+        if plot is not None:
+            summary["plots"] = [str(plot_copy_depth({summary["attention"]: summary}, plot))]
+    from rich.table import Table
+
+    table = Table(title=f"{summary['attention']}, {summary['split']} loss {summary['loss']:.4f} over "
+                        f"{summary['scored_tokens']:,} positions (context {summary['seq_len']})")
+    for column in ("d", "positions", "share", "loss", *summary["distance_buckets"]):
+        table.add_column(column, justify="right")
+    cells = {(c["depth"], c["distance"]): c for c in summary["depth_distance"]}
+    for row in summary["depth"]:
+        by_distance = [_fmt(cells[(row["bucket"], d)]["loss_mean"], ".3f") if row["bucket"] != "0" else ""
+                       for d in summary["distance_buckets"]]
+        table.add_row(row["bucket"], f"{row['count']:,}", _fmt(row["fraction"], ".1%"), _fmt(row["loss_mean"], ".4f"),
+                      *by_distance)
+    table.caption = ("d: copy depth, the longest earlier occurrence of the last d tokens whose next token is the "
+                     "target (0: none); loss: mean loss; 1-3 ... 256+: mean loss by distance back to that occurrence")
     _done(json_, summary, table)

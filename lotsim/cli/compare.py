@@ -8,18 +8,32 @@ from typing import Annotated
 
 import typer
 
-from lotsim.cli._common import fail, print_json, stderr, stdout, user_errors
+from lotsim.cli._common import fail, print_json, print_table, stderr, user_errors
+
+# every registered variant's ablations (kept equal to the registry by a test; importing the registry
+# here would import torch into every CLI call)
+ABLATIONS = ("fsn: no-coupling, no-delay, no-frustration, frozen-phases; lattice: no-oscillator, frozen-phases, "
+             "no-coupling; pma: no-oscillator, frozen-phases, no-coupling; ssa: no-oscillator, frozen-phases; "
+             "torus: no-coupling, frozen-phases")
 
 
 def compare(
     recipe: Annotated[Path | None, typer.Argument(help="TOML recipe every arm starts from (default: the "
                                                   "embedded copy-reverse recipe).", show_default=False)] = None,
     arms: Annotated[str, typer.Option(help="Comma-separated arms: attention names, or ATTENTION:ABLATION with "
-                                      "ablations no-oscillator, frozen-phases, no-coupling.")] = "vanilla,lattice",
+                                      f"the ablations {ABLATIONS}.")] = "vanilla,lattice",
     seeds: Annotated[int, typer.Option(help="Seeds per arm (shared by all arms: paired tests).")] = 3,
     seed: Annotated[int | None, typer.Option(help="First seed (default: the recipe's).")] = None,
     lr_sweep: Annotated[str | None, typer.Option(help="Learning rates swept for EVERY arm, e.g. 1e-3,3e-3; each "
-                                                 "arm's lr is chosen on validation.")] = None,
+                                                 "arm's lr is chosen on validation (default with --tune: "
+                                                 "3e-4,1e-3,3e-3,1e-2).")] = None,
+    tune: Annotated[bool, typer.Option("--tune", help="Tune first: every arm runs every --lr-sweep rate on the "
+                                       "first seed for --tune-steps steps, scored on validation (never test); "
+                                       "the full runs then use each arm's best rate.")] = False,
+    tune_steps: Annotated[int | None, typer.Option(help="Steps of each tuning run (default: a quarter of "
+                                                   "--steps).", show_default=False)] = None,
+    copy_depth: Annotated[bool, typer.Option("--copy-depth", help="Add each arm's test loss by copy depth "
+                                             "(lotsim analyze copy-depth) to the report.")] = False,
     baseline: Annotated[str | None, typer.Option(help="Arm the differences are taken against (default "
                                                  "vanilla).")] = None,
     reference: Annotated[str | None, typer.Option(help="Arm whose parameter count the others match (default "
@@ -33,12 +47,17 @@ def compare(
                                       "cores); finished runs are reported as they end.")] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
 ) -> None:
-    """Train every arm with matched parameters, the same seeds, data order and budget; report per arm
-    mean ± sd, median, and the 95% CI and p of the difference to the baseline (paired and Welch)."""
+    """Train every arm with matched parameters, the same seeds, data order and budget (optionally after a
+    per-arm learning-rate sweep, --tune); report per arm mean ± sd and median, and the paired difference
+    to the baseline with 95% CIs and Holm-adjusted p (fewer than 5 seeds: a screen)."""
     if seeds < 1:
         raise fail(f"--seeds {seeds} must be >= 1")
     if jobs < 1:
         raise fail(f"--jobs {jobs} must be >= 1")
+    if tune_steps is not None and not tune:
+        raise fail("--tune-steps needs --tune")
+    if tune_steps is not None and tune_steps < 1:
+        raise fail(f"--tune-steps {tune_steps} must be >= 1")
     lrs = None
     if lr_sweep is not None:
         try:
@@ -62,11 +81,14 @@ def compare(
         def on_event(event: dict) -> None:
             if event["event"] == "run":
                 bar.update(task_id, total=event["total"], completed=event["index"],
-                           description=f"{event['arm']} lr={event['lr']:g} seed={event['seed']}")
+                           description=f"{event['phase']} {event['arm']} lr={event['lr']:g} seed={event['seed']}")
             elif event["event"] == "run_done":
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in event["test"].items()
                                   if k in ("loss", "bpc", "exact_match", "token_accuracy"))
-                bar.console.print(f"[{event['index']}/{event['total']}] {event['arm']} lr={event['lr']:g} "
+                if event["phase"] == "tune":
+                    shown = f"validation {event['validation_best']:.4f}"
+                bar.console.print(f"[{event['phase']} {event['index']}/{event['total']}] {event['arm']} "
+                                  f"lr={event['lr']:g} "
                                   f"seed={event['seed']}: {shown}", highlight=False)
                 bar.update(task_id, completed=event["index"])
 
@@ -74,7 +96,8 @@ def compare(
 
         try:
             report = run_comparison(base, arm_list, list(range(first, first + seeds)), folder, lrs=lrs,
-                                    baseline=baseline, reference=reference, callback=on_event, jobs=jobs)
+                                    tune=tune, tune_steps=tune_steps, baseline=baseline, reference=reference,
+                                    callback=on_event, jobs=jobs, copy_depth=copy_depth)
         except (TrainingInterrupted, KeyboardInterrupt) as err:
             where = f" at step {err.step} of {err.run_dir}" if isinstance(err, TrainingInterrupted) else ""
             stderr.print(f"[yellow]interrupted[/yellow]{where}. Rerun the same command with --out {folder} to "
@@ -107,26 +130,43 @@ def _print_tables(report: dict) -> None:
 
     from lotsim.train.compare import _ci, _fmt
 
-    arms = Table(title=f"arms: {len(report['seeds'])} seeds, {report['steps']} steps")
+    for caveat in report["caveats"]:
+        stderr.print(f"[yellow]caveat:[/yellow] {caveat}", highlight=False, soft_wrap=True)
+    arms = Table(title=f"arms: {len(report['seeds'])} seeds, {report['steps']} steps ({report['grade']})")
     for column in ("arm", "lr", "params", "non-emb", "vs ref", "tok/s"):
         arms.add_column(column, justify="right")
     for arm, e in report["arms"].items():
         p = e["parameters"]
         arms.add_row(arm, f"{e['lr']:g}", f"{p['total']:,}", f"{p['non_embedding']:,}",
                      f"{p['relative_to_reference']:+.2%}", f"{e['tokens_per_s']['mean']:,.0f}")
-    stdout.print(arms)
+    print_table(arms)
+    tuning = report.get("tuning")
+    if tuning:
+        sweep = Table(title=f"lr sweep: validation after {tuning['steps']} steps, seed {tuning['seed']}")
+        sweep.add_column("arm", justify="right")
+        for lr in tuning["lrs"]:
+            sweep.add_column(f"{lr:g}", justify="right")
+        for arm, scores in tuning["validation"].items():
+            sweep.add_row(arm, *(f"[bold]{_fmt(scores[str(lr)])}[/bold]" if lr == tuning["chosen"][arm]
+                                 else _fmt(scores[str(lr)]) for lr in tuning["lrs"]))
+        print_table(sweep)
+    mark = "†" if report["grade"] == "screen" else ""
     for metric in report["metrics"]:
-        table = Table(title=f"test {metric} (Δ = arm − {report['baseline']})")
-        for column in ("arm", "mean ± sd", "median", "Δ", "paired 95% CI, p", "Welch 95% CI, p"):
+        table = Table(title=f"test {metric} (Δ = arm − {report['baseline']}, paired over seeds)")
+        for column in ("arm", "mean ± sd", "median", "Δ mean", "Δ median", "95% CI", f"p{mark}", f"p{mark} Holm"):
             table.add_column(column, justify="right")
         for arm, e in report["arms"].items():
             s = e["metrics"].get(metric)
             if s is None:
                 continue
-            v = s.get("vs_baseline") or {}
-            paired, welch = v.get("paired", {}), v.get("welch", {})
+            paired = (s.get("vs_baseline") or {}).get("paired", {})
             table.add_row(arm, f"{_fmt(s['mean'])} ± {_fmt(s['sd'], 2)}", _fmt(s["median"]),
-                          _fmt(v.get("mean_difference"), 3),
-                          f"{_ci(paired.get('ci'), 2)} p={_fmt(paired.get('p'), 2)}" if v else "",
-                          f"{_ci(welch.get('ci'), 2)} p={_fmt(welch.get('p'), 2)}" if v else "")
-        stdout.print(table)
+                          _fmt(s.get("vs_baseline", {}).get("mean_difference"), 3),
+                          _fmt(paired.get("median_difference"), 3), _ci(paired.get("ci"), 3) if paired else "",
+                          _fmt(paired.get("p"), 2), _fmt(paired.get("p_holm"), 2))
+        print_table(table)
+    conv = report["baseline_convergence"]
+    if conv["slope_per_1k_steps_mean"] is not None:
+        stderr.print(f"{conv['arm']} validation loss over steps {conv['window'][0]}–{conv['window'][1]}: "
+                     f"{conv['slope_per_1k_steps_mean']:+.3g} per 1000 steps", highlight=False)
+

@@ -475,7 +475,7 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
         if result.finished and evaluate_test and ddp.main:
             result.test = _final_test(recipe, task, run_dir, autocast, device)
             result.wall_time_s = time.perf_counter() - wall_start
-            (run_dir / "metrics.json").write_text(json.dumps(_final_report(recipe, result, commit), indent=2,
+            (run_dir / "metrics.json").write_text(json.dumps(_final_report(recipe, task, result, commit), indent=2,
                                                              default=str) + "\n")
             emit({"event": "test", "metrics": result.test})
     finally:
@@ -589,13 +589,13 @@ def _final_test(recipe: TrainingRecipe, task: Task, run_dir: Path, autocast, dev
     return metrics
 
 
-def _final_report(recipe: TrainingRecipe, result: TrainResult, commit: str) -> dict[str, Any]:
+def _final_report(recipe: TrainingRecipe, task: Task, result: TrainResult, commit: str) -> dict[str, Any]:
     """metrics.json: the test metrics at the top level (the layout ``lotsim eval`` writes) plus the
-    run's context."""
+    run's context (``corpus``: what a text task read, see ``TextTask.corpus``)."""
     return {
         **result.test, "recipe_name": recipe.name, "seed": recipe.seed, "attention": recipe.model.attention,
         "task": recipe.task.kind, "steps": result.step, "parameters": result.parameters,
         "tokens_per_s": result.tokens_per_s, "wall_time_s": result.wall_time_s,
         "validation": result.validation, "best": result.best, "lotsim_version": _version(), "git_commit": commit,
-        "recipe": recipe_to_toml(recipe),
+        "recipe": recipe_to_toml(recipe), "corpus": getattr(task, "corpus", None),
     }
