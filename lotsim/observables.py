@@ -5,7 +5,7 @@ block of frames ``[f, r, n]``, anything) and reduces over it, or takes a time ax
 says so. Nothing here reads files, imports torch, typer, rich or matplotlib; :mod:`lotsim.analysis`
 streams H5MD files through these functions chunk by chunk.
 
-Conventions (physics.md): ``A[i, j]`` is the influence of node ``j`` on node ``i``; edges are given as
+Conventions (docs/physics.md): ``A[i, j]`` is the influence of node ``j`` on node ``i``; edges are given as
 ``(senders j, receivers i, weights A_ij)``; phases of the simulator are stored UNWRAPPED, so
 effective frequencies are exact; charges and winding numbers count counter-clockwise turns of the
 phase as +1.

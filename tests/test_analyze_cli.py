@@ -12,18 +12,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import lotsim
 from lotsim.analysis.order import analyze_order
-from lotsim.cli import app
 from lotsim.io import Trajectory, TrajectoryWriter, open_trajectory
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from tests.conftest import assert_one_line_error as one_line_error
+from tests.conftest import invoke
 
 
 def simulate(path, *args):
@@ -36,12 +30,6 @@ def analyze_json(*args) -> dict:
     result = invoke("analyze", *args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)  # exactly one JSON object on stdout
-
-
-def one_line_error(result, needle: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
 
 
 @pytest.fixture(scope="module")

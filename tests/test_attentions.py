@@ -28,28 +28,19 @@ from lotsim.model import (
     parse_intervention_specs,
 )
 from lotsim.model.fsn import frustrated_coupling, harmonic_values
-from lotsim.model.pma import (
-    fused_pma_attention,
-    materialised_pma_attention,
-    materialised_prefix_statistics,
-    prefix_statistics,
-)
+from lotsim.model.oracles import materialised_phase_attention, materialised_prefix_statistics, materialised_scores
+from lotsim.model.phase import causal_softmax, fused_phase_attention
+from lotsim.model.phase_state import drifted_features
+from lotsim.model.pma import prefix_statistics
 from lotsim.model.rope import Rope
 from lotsim.model.ssa import _use_flex, chunked_ssa, flex_ssa, locking, materialised_ssa, ssa_score_mod
-from lotsim.model.torus import causal_softmax, drifted_features, materialised_scores
 
 B, T, V = 2, 10, 29
 BASE = dict(vocab_size=V, seq_len=16, d_model=32, n_layers=2, n_heads=4)
 VARIANTS = ("pma", "ssa", "torus", "fsn")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's other load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(attention: str, options: dict | None = None, seed: int = 0, **overrides) -> LOTModel:
@@ -158,8 +149,8 @@ def test_pma_fused_kernel_identity_with_signed_gates():
     phases, keys = (4 * torch.randn(2, 9, 3, dtype=torch.float64, generator=g) for _ in range(2))
     gate = torch.tensor([-0.7, 0.0, 1.6], dtype=torch.float64)
     tau = 0.5 + torch.rand(2, 9, 3, dtype=torch.float64, generator=g)
-    expected = materialised_pma_attention(q, k, v, phases, keys, gate, tau)
-    got = fused_pma_attention(q, k, v, phases, keys, gate, tau)
+    expected = materialised_phase_attention(q, k, v, phases, gate, "multiplicative", key_phases=keys, temperature=tau)
+    got = fused_phase_attention(q, k, v, phases, gate, "multiplicative", key_phases=keys, temperature=tau)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-13)
 
 

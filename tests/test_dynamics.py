@@ -1,4 +1,4 @@
-"""Physics validation of the Kuramoto core (physics.md "Validation"): analytic results are tests.
+"""Physics validation of the Kuramoto core (docs/physics.md "Validation"): analytic results are tests.
 
 Every integration test here runs on every backend through the ``backend`` fixture: ``torch`` (the
 reference), ``numba`` (the fused CPU kernel), ``cuda-emulated`` (the CUDA kernels of

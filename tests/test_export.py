@@ -38,6 +38,7 @@ from lotsim.export import (
 from lotsim.model import LOTModel, ModelConfig, available_attentions
 from lotsim.tasks import vocabulary_from_recipe
 from lotsim.train.checkpoint import save_checkpoint
+from tests.conftest import assert_one_line_error
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -77,11 +78,7 @@ def invoke(*args):
 
 
 def assert_user_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    assert_one_line_error(result, *needles)
     assert result.stdout == ""
 
 

@@ -1,5 +1,5 @@
 """Model tests: the four tests every attention variant passes (effect, gradient, causality,
-purity; design/attention.md), plus zero gain == vanilla, fused == materialised, telemetry,
+purity), plus zero gain == vanilla, fused == materialised, telemetry,
 registry, config errors, parameter matching and the head-lattice export.
 
 Variants are parametrised over ``available_attentions()`` so a new variant is tested
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from lotsim.dynamics.core import KuramotoSystem, build_operator, kuramoto_integrator
+from lotsim.dynamics.core import KuramotoSystem, build_operator, kuramoto_integrator, order_parameter
 from lotsim.lattice import build_lattice
 from lotsim.model import (
     Attention,
@@ -26,6 +26,7 @@ from lotsim.model import (
     LatticeIntermediates,
     LOTModel,
     ModelConfig,
+    PhaseIntermediates,
     available_attentions,
     count_parameters,
     fused_phase_attention,
@@ -39,7 +40,7 @@ from lotsim.model import (
     unregister_attention,
     write_simulation_inputs,
 )
-from lotsim.model.lattice_attention import causal_decayed_mean
+from lotsim.model.head_lattice import causal_decayed_mean
 from lotsim.model.rope import Rope, apply_rope, rope_tables
 from lotsim.model.transformer import RMSNorm
 
@@ -69,13 +70,7 @@ OFF_SWITCH: dict[str, dict] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's other load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cases() -> list:
@@ -313,6 +308,48 @@ def test_vanilla_has_no_regularisers_and_empty_telemetry():
 
 # --------------------------------------------------------------------------------------------------
 # Telemetry
+
+
+# variants whose tokens carry oscillator phases: their telemetry is a PhaseIntermediates
+PHASE_VARIANTS = ("lattice", "pma", "torus", "fsn")
+
+
+@pytest.mark.parametrize("attention", PHASE_VARIANTS)
+def test_phase_variants_report_phase_intermediates(attention):
+    model = make_model(attention).eval()
+    for inter in model(tokens(), return_intermediates=True).intermediates:
+        assert isinstance(inter, PhaseIntermediates)
+        assert inter.theta.dim() == 3 and inter.theta.shape[:2] == (B, T)
+        r, _ = order_parameter(inter.theta)  # the one order parameter of the core
+        torch.testing.assert_close(inter.order_parameter, r, rtol=0, atol=1e-12)
+        torch.testing.assert_close(inter.mean_order_parameter, r.mean(), rtol=0, atol=1e-12)
+        local = inter.local_order_parameter
+        assert local is None or local.shape == inter.theta.shape
+
+
+@pytest.mark.parametrize(("attention", "options"), CASES)
+def test_every_intervention_takes_a_callable(attention, options):
+    """One rule for every variant and name: the identity callable changes nothing."""
+    model = make_model(attention, options).eval()
+    idx = tokens()
+    base = model(idx).logits
+    for name in model.blocks[0].attn.intervention_names:
+        same = model(idx, interventions=all_layers(model, {name: lambda current: current})).logits
+        torch.testing.assert_close(same, base, rtol=0, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("options", [{}, {"dynamics": "sequence"}])
+def test_lattice_interventions_take_values_and_callables_alike(options):
+    model = make_model("lattice", options).eval()
+    idx = tokens()
+    base = model(idx).logits
+    for name in LatticeAttention.intervention_names:
+        if name.startswith("sequence_") and name != "sequence_frequency" and not options:
+            continue  # no coupling along the sequence in the parallel mode
+        value = model(idx, interventions=all_layers(model, {name: 0.3})).logits
+        called = model(idx, interventions=all_layers(model, {name: lambda c: torch.full_like(c, 0.3)})).logits
+        assert torch.equal(value, called), name
+        assert (value - base).abs().max() > 1e-6, name
 
 
 def test_telemetry_shapes_and_ranges(monkeypatch):

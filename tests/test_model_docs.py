@@ -14,12 +14,7 @@ from lotsim.model import LOTModel, ModelConfig, available_attentions, unregister
 DOC = Path(__file__).resolve().parents[1] / "docs" / "model.md"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_model_docs_examples_run(monkeypatch, tmp_path, capsys):

@@ -6,17 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python.md"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_python_docs_examples_run(monkeypatch, tmp_path, capsys):

@@ -11,18 +11,12 @@ import time
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from lotsim.cli import app
 from lotsim.io import open_trajectory
+from tests.conftest import invoke
 
-runner = CliRunner()
 SMALL = ["--topology", "square", "--shape", "8x8", "--coupling", "0:2:3", "--steps", "60", "--save-every", "5",
          "--normalization", "degree"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def run_json(tmp_path, *args, name="run.h5"):

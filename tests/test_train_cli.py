@@ -7,18 +7,13 @@ import json
 
 import h5py
 import pytest
-from typer.testing import CliRunner
 
-from lotsim.cli import app
+from tests.conftest import invoke
 
-runner = CliRunner()
 TINY = ["--set", "task.length=4", "--set", "task.n_symbols=6", "--set", "model.d_model=16", "--set", "model.n_heads=4",
         "--steps", "6", "--set", "train.batch_size=4", "--set", "train.eval_every=3", "--set", "train.eval_batches=2",
         "--set", "train.test_batches=2", "--set", "train.telemetry_every=2", "--set", "train.telemetry_sequences=2",
         "--set", "train.warmup_steps=1", "--set", "train.log_every=2"]
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

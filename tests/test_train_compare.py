@@ -28,7 +28,7 @@ def test_difference_matches_scipy_paired_and_welch():
     assert d["mean_difference"] == pytest.approx(np.mean(a) - np.mean(b))
     assert d["paired"]["p"] == pytest.approx(rel.pvalue) and d["welch"]["p"] == pytest.approx(welch.pvalue)
     assert d["paired"]["ci"] == pytest.approx(list(rel.confidence_interval()))
-    assert d["welch"]["ci"] == pytest.approx([-0.125, -0.019], abs=1e-3)  # ecosystem-notes §6
+    assert d["welch"]["ci"] == pytest.approx([-0.125, -0.019], abs=1e-3)  # scipy Welch CI
     assert d["welch"]["df"] == pytest.approx(7.91, abs=0.01)
     same = difference([1.0, 1.0, 1.0], [1.0, 1.0, 1.0])  # no spread: no p, a degenerate CI
     assert same["paired"]["p"] is None and same["paired"]["ci"] == [0.0, 0.0]

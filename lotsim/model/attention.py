@@ -7,7 +7,9 @@ The contract (every variant, every mode):
   position ``t`` depends on ``x`` at positions ``<= t`` only, and so does every per-token telemetry
   statistic. It is **pure** in eval mode: no state advances between calls.
 * ``intermediates`` is ``None`` unless asked for; when asked, an :class:`Intermediates` (or a
-  subclass) with the variant's telemetry. Nothing telemetry-only is computed when not asked.
+  subclass) with the variant's telemetry. Variants with oscillator phases return a
+  :class:`PhaseIntermediates` (what phase telemetry records). Nothing telemetry-only is computed
+  when not asked.
 * ``Options`` is a pydantic model (``extra="forbid"``) of the variant's own settings; the trunk's
   :class:`~lotsim.model.config.ModelConfig` validates ``attention_options`` with it, so a typo is
   an error that names the key.
@@ -15,7 +17,9 @@ The contract (every variant, every mode):
   gradients (the training recipe weighs them by name); empty by default.
 * ``interventions``: a mapping ``{name: value}`` of inference-time overrides the forward consults
   (e.g. ``{"gain": 0.0}`` switches the lattice variant's phase term off). A variant lists the names
-  it understands in ``intervention_names``; any other name is an error.
+  it understands in ``intervention_names``; any other name is an error. Every name takes a number,
+  a tensor or a callable ``current -> new``, applied by
+  :func:`lotsim.model.interventions.apply_intervention` (one semantics for every variant).
 
 Register a variant with :func:`register_attention`; the trunk picks it by name. See
 ``docs/model.md`` ("Add your own attention") for a runnable example.
@@ -28,14 +32,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from lotsim.model.phase import causal_attention
 from lotsim.model.rope import Rope, apply_rope
 
 if TYPE_CHECKING:
@@ -63,6 +67,31 @@ class Intermediates:
     def summary(self) -> dict[str, float]:
         """Scalar summaries for logging (detached floats); empty for variants with no telemetry."""
         return {}
+
+
+@dataclass
+class PhaseIntermediates(Intermediates):
+    """Telemetry of a variant whose tokens carry oscillator phases (what phase telemetry records).
+
+    Every field keeps its graph (detach to log). ``n`` is the number of oscillators per token:
+    the heads, or heads x channels for variants with several phases per head.
+
+    Attributes:
+        content_phases: (b, t, h) or (b, t, h, m) phases from content, before any dynamics.
+        theta: (b, t, n) the token's oscillator phases after the layer's dynamics.
+        phases: (b, t, h) or (b, t, h, m) the phases the scores (or readout) use.
+        order_parameter: (b, t) r = |mean over the token's n oscillators of exp(i theta)|.
+        mean_order_parameter: () mean of r.
+        local_order_parameter: (b, t, n) r over each oscillator's neighbourhood, for variants whose
+            oscillators sit on a lattice; None otherwise.
+    """
+
+    content_phases: torch.Tensor
+    theta: torch.Tensor
+    phases: torch.Tensor
+    order_parameter: torch.Tensor
+    mean_order_parameter: torch.Tensor
+    local_order_parameter: torch.Tensor | None = field(default=None, kw_only=True)
 
 
 class Attention(nn.Module):
@@ -163,9 +192,8 @@ class QKVAttention(Attention):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                scale: float | None = None) -> torch.Tensor:
-        """Causal SDPA, (b, h, t, e) x3 -> (b, h, t, e); dropout only in training."""
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                              dropout_p=self.dropout if self.training else 0.0)
+        """Causal SDPA, (b, h, t, e) x3 -> (b, h, t, e); scale None = 1/sqrt(e); dropout only in training."""
+        return causal_attention(q, k, v, scale=scale, dropout_p=self.dropout if self.training else 0.0)
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
         """(b, h, t, d) -> output projection of (b, t, D)."""

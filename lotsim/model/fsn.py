@@ -1,17 +1,9 @@
 """``fsn``: the Frustrated Synchronization Network's attention (Nunley 2026, "Attention as
-Frustrated Synchronization", arXiv 2606.18694).
+Frustrated Synchronization", arXiv 2606.18694; what the source states and what is reconstructed:
+docs/attentions.md).
 
-Provenance: only the abstract was readable (``../seeds/kuramoto-attention-and-fsn-abstracts.md``;
-``design/oscillator-attention-notes.md`` §1.5). The abstract fixes: token states are phases on a
-torus; the whole value pathway is one learned complex coupling kernel over harmonics plus a
-one-step delay; the complex phases are static Kuramoto-Sakaguchi frustration angles, signed
-harmonics are repulsive Daido components, and the delay term couples each token to the
-*successors* of the tokens it attends to. The equations below (the scores shared with ``torus``,
-coefficients per (head, channel, harmonic), the real parametrisation, the readout) are our
-reconstruction.
-
-With the phase state and the gated cosine scores of :mod:`lotsim.model.torus` (A = causal softmax
-over u <= t; A' = the same scores, softmax over u <= t - 1), per token t, head h, channel c::
+With the phase state and the gated cosine scores of :mod:`lotsim.model.phase_state` (A = causal
+softmax over u <= t; A' = the same scores, softmax over u <= t - 1), per token t, head h, channel c::
 
     theta'_t = theta_t + sum_{k=1..M} Im[ c_k e^{-ik theta_t} sum_{u<=t}   A_tu  e^{ik theta_u}
                                         + d_k e^{-ik theta_t} sum_{u<=t-1} A'_tu e^{ik theta_{u+1}} ]
@@ -33,7 +25,7 @@ Real parametrisation (no complex dtypes, exportable): ``c_k = a_k + i b_k`` give
 ``delay[0] = 0``. In the shifted call query row i is token t = i + 1, key column j is token u = j
 and its value is token j + 1 = u + 1; the causal mask j <= i is u <= t - 1, so token t reads
 phases of tokens u + 1 <= t only — never t + 1. ``implementation="materialised"`` computes A, A'
-and the pairwise sines explicitly (a test oracle).
+and the pairwise sines explicitly (:func:`lotsim.model.oracles.materialised_frustrated_update`).
 
 Why not the core's integrator: the update is one explicit step of a frustrated Kuramoto-Daido model
 whose harmonic amplitudes and frustration angles are learned per oscillator, while
@@ -59,19 +51,15 @@ from pydantic import Field
 from torch import nn
 
 from lotsim.model.attention import register_attention
-from lotsim.model.interventions import override
+from lotsim.model.interventions import apply_intervention
+from lotsim.model.oracles import materialised_frustrated_update
+from lotsim.model.phase import causal_attention, causal_softmax
+from lotsim.model.phase_state import PhaseStateAttention, PhaseStateOptions, TorusIntermediates
 from lotsim.model.rope import Rope
-from lotsim.model.torus import (
-    PhaseStateAttention,
-    PhaseStateOptions,
-    TorusIntermediates,
-    causal_attention,
-    causal_softmax,
-)
 
 
 class FSNOptions(PhaseStateOptions):
-    """Options of the ``fsn`` attention (besides :class:`~lotsim.model.torus.PhaseStateOptions`).
+    """Options of the ``fsn`` attention (besides :class:`~lotsim.model.phase_state.PhaseStateOptions`).
 
     Attributes:
         harmonics: M, harmonics of the coupling kernel.
@@ -114,30 +102,6 @@ def frustrated_coupling(mean_field: torch.Tensor, theta: torch.Tensor, real: tor
     y = big_s * cos - big_c * sin  # sum_u A sin(k (theta_u - theta_t))
     a, bb = real.transpose(1, 2), imag.transpose(1, 2)  # (h, M, m)
     return (a[:, None] * y + bb[:, None] * x).sum(-2).transpose(1, 2)  # b h t m -> b t h m
-
-
-def materialised_frustrated_update(theta: torch.Tensor, weights: torch.Tensor, delay_weights: torch.Tensor,
-                                   kernel: torch.Tensor) -> torch.Tensor:
-    """Reference update ``sum_k sum_u A_tu [a_k sin(k(theta_u - theta_t)) + b_k cos(k(theta_u - theta_t))]``
-    plus the same with A' and theta_{u+1}, from explicit pairwise differences (tests only;
-    (b, h, t, t, m) memory). ``a sin x + b cos x = |c| sin(x - alpha)`` for ``c = a + ib = |c| e^{-i alpha}``.
-
-    Args:
-        theta: (b, t, h, m); weights, delay_weights: (b, h, t, t) A and A'; kernel: (4, h, m, M).
-
-    Returns:
-        (b, t, h, m).
-    """
-    th = theta.transpose(1, 2)  # (b, h, t, m)
-    successor = th.roll(-1, dims=2)  # theta_{u+1}; the wrapped last row gets weight 0 in A'
-    total = torch.zeros_like(th)
-    for k in range(kernel.shape[-1]):
-        branches = ((weights, th, kernel[0], kernel[1]), (delay_weights, successor, kernel[2], kernel[3]))
-        for w, src, re, im in branches:
-            diff = (k + 1) * (src[:, :, None, :, :] - th[:, :, :, None, :])  # (b, h, t, u, m)
-            pair = re[:, None, None, :, k] * torch.sin(diff) + im[:, None, None, :, k] * torch.cos(diff)
-            total = total + (w[..., None] * pair).sum(3)
-    return total.transpose(1, 2)
 
 
 @register_attention("fsn")
@@ -190,10 +154,8 @@ class FSNAttention(PhaseStateAttention):
         for re, im, mag_key, ang_key in ((kernel[0], kernel[1], "coupling", "frustration"),
                                          (kernel[2], kernel[3], "delay_coupling", "delay_frustration")):
             if mag_key in iv or ang_key in iv:
-                magnitude = torch.hypot(re, im)
-                magnitude = override(magnitude, iv[mag_key]) if mag_key in iv else magnitude
-                alpha = -torch.atan2(im, re)
-                alpha = override(alpha, iv[ang_key]) if ang_key in iv else alpha
+                magnitude = apply_intervention(iv, mag_key, torch.hypot(re, im))
+                alpha = apply_intervention(iv, ang_key, -torch.atan2(im, re))
                 re, im = magnitude * torch.cos(alpha), -magnitude * torch.sin(alpha)
             parts += [re, im]
         return torch.stack(parts)
@@ -244,5 +206,4 @@ class FSNAttention(PhaseStateAttention):
                 f"{o.implementation}")
 
 
-__all__ = ["FSNAttention", "FSNOptions", "frustrated_coupling", "harmonic_values",
-           "materialised_frustrated_update"]
+__all__ = ["FSNAttention", "FSNOptions", "frustrated_coupling", "harmonic_values"]

@@ -1,7 +1,7 @@
 """Interventions: override or freeze oscillator quantities at inference, and measure what they do.
 
-PMA's idea (Vasquez 2026, ``../seeds/pma-phase-modulated-attention.md``: ``set_coupling_override``,
-R/K/tau/lambda/phase hooks), generalised to every attention variant of the registry.
+The idea comes from Phase-Modulated Attention (its coupling override and its R, K, tau, lambda and
+phase hooks; see docs/attentions.md), generalised to every attention variant of the registry.
 
 Three ways to intervene, all ending in the same per-layer mapping ``{name: value}`` that an
 attention's ``forward(..., interventions=...)`` consults (see
@@ -15,7 +15,8 @@ attention's ``forward(..., interventions=...)`` consults (see
    ``["coupling=0", "1.gate=0.5", "all.temperature=1"]`` into the per-layer mapping.
 
 A value is a number (broadcast to the quantity's shape), a tensor (broadcast likewise), or a
-callable ``current -> new`` (e.g. ``lambda phi: phi + noise``); see :func:`override`. To *freeze* a
+callable ``current -> new`` (e.g. ``lambda phi: phi + noise``), for every name of every variant;
+a variant applies it with :func:`apply_intervention` (see :func:`override`). To *freeze* a
 quantity, read it from a forward with ``return_intermediates=True`` and pass it back as a tensor.
 Unknown names are errors that list the names the layer's attention allows.
 
@@ -49,6 +50,20 @@ def override(current: torch.Tensor, value: Any) -> torch.Tensor:
     new = value(current) if callable(value) else value
     new = torch.as_tensor(new, dtype=current.dtype, device=current.device)
     return new.broadcast_to(current.shape)
+
+
+def apply_intervention(interventions: Mapping[str, Any], name: str, current: torch.Tensor) -> torch.Tensor:
+    """``current`` with the intervention ``name`` applied (:func:`override`), or unchanged if absent.
+
+    Args:
+        interventions: the checked ``{name: value}`` of one layer's forward.
+        name: the quantity's intervention name.
+        current: the value the forward would use.
+
+    Returns:
+        A tensor of ``current``'s shape, dtype and device.
+    """
+    return override(current, interventions[name]) if name in interventions else current
 
 
 def attention_layers(model: nn.Module) -> list[nn.Module]:
@@ -216,6 +231,7 @@ def intervention_sweep(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor
 
 
 __all__ = [
+    "apply_intervention",
     "attention_layers",
     "intervene",
     "intervention_names",

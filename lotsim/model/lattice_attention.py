@@ -1,7 +1,7 @@
-"""``lattice``: LOT attention done right (design/attention.md).
+"""``lattice``: Lattice Oscillator Transformer attention (heads on a lattice, Kuramoto phases).
 
-Heads h = 0..H-1 sit on a lattice built by :func:`lotsim.lattice.build_lattice`. For every token
-and head:
+Heads h = 0..H-1 sit on a lattice built by :func:`lotsim.lattice.build_lattice` (see
+:mod:`lotsim.model.head_lattice`). For every token and head:
 
 1. content phase ``theta0[t, h] = atan2(p1, p0)`` with ``(p0, p1)`` two projections of ``x_t``
    (read as a complex number; no raw angle ever enters a linear layer);
@@ -15,19 +15,14 @@ and head:
 4. scores ``s_h(q, k) = q.k / sqrt(d) + a_h cos(phi_q - phi_k)`` (``score="additive"``) or
    ``q.k (1 - a_h + a_h cos(phi_q - phi_k)) / sqrt(d)`` (``score="multiplicative"``), a_h learned.
 
-The scores never exist as a T x T tensor: ``cos(a - b) = cos a cos b + sin a sin b`` turns the
-phase term into extra q/k feature columns, so attention is ONE causal
-``F.scaled_dot_product_attention`` call with O(T) memory (:func:`fused_phase_attention`).
-:func:`materialised_phase_attention` is the explicit-scores reference used by the tests.
-
-``dynamics="sequence"`` adds causal coupling along the token axis (token index as a second lattice
-dimension): each oscillator is also driven by the exponentially decayed mean of the same head's
-phasors at earlier tokens (strictly past), computed with a log2(T)-depth doubling scan, so there
-is no Python loop over tokens and the mode is exactly causal. It runs through the same integrator
-with a space-time :class:`SpaceTimeOperator`.
+The scores never exist as a T x T tensor: the phase term becomes extra q/k feature columns and
+attention is ONE causal SDPA call (:func:`lotsim.model.phase.fused_phase_attention`);
+``implementation="materialised"`` runs the explicit-scores reference of :mod:`lotsim.model.oracles`.
+``dynamics="sequence"`` adds causal coupling along the token axis through the same integrator
+(:class:`~lotsim.model.head_lattice.SpaceTimeOperator`).
 
 Legend: ``b`` batch, ``t`` tokens, ``h`` heads, ``d`` head dim, ``D`` model width, ``n`` lattice
-nodes (= h), ``c`` feature channels.
+nodes (= h).
 """
 
 from __future__ import annotations
@@ -37,29 +32,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from lotsim.dynamics.core import (
-    CouplingOperator,
-    DenseOperator,
-    KuramotoSystem,
-    kuramoto_integrator,
-    order_parameter,
-)
-from lotsim.lattice import Lattice, Topology, build_lattice
-from lotsim.model.attention import (
-    AttentionOptions,
-    Intermediates,
-    QKVAttention,
-    register_attention,
+from lotsim.dynamics.core import DenseOperator, KuramotoSystem, order_parameter
+from lotsim.lattice import Topology
+from lotsim.model.attention import AttentionOptions, PhaseIntermediates, QKVAttention, register_attention
+from lotsim.model.head_lattice import SpaceTimeOperator, build_head_lattice, head_lattice_geometry
+from lotsim.model.interventions import apply_intervention
+from lotsim.model.oracles import materialised_phase_attention
+from lotsim.model.phase import (
+    advance,
+    content_phases,
+    frequency_spectrum,
+    fused_phase_attention,
+    integrate,
+    inverse_softplus,
 )
 from lotsim.model.rope import Rope
-
-GRID_TOPOLOGIES = ("square", "triangular", "hexagonal", "hypercubic")
 
 
 class LatticeOptions(AttentionOptions):
@@ -112,38 +104,6 @@ class LatticeOptions(AttentionOptions):
     implementation: Literal["fused", "materialised"] = "fused"
 
 
-def most_square_shape(n: int) -> tuple[int, int]:
-    """(rows, cols) with rows * cols = n, rows <= cols, as close to square as possible."""
-    rows = max(r for r in range(1, math.isqrt(n) + 1) if n % r == 0)
-    return rows, n // rows
-
-
-def build_head_lattice(n_heads: int, options: LatticeOptions) -> Lattice:
-    """The lattice the heads sit on.
-
-    Raises:
-        ValueError: one line, when the lattice cannot be built or its node count != n_heads.
-    """
-    topology = options.topology
-    kwargs: dict[str, Any] = {"periodic": options.periodic}
-    if topology in ("edgelist", "graphml"):
-        kwargs["path"] = options.file
-    elif topology in GRID_TOPOLOGIES:
-        kwargs["shape"] = options.shape or most_square_shape(n_heads)
-    elif options.shape is not None:
-        kwargs["shape"] = options.shape
-    else:
-        kwargs["n"] = n_heads
-    try:
-        lattice = build_lattice(topology, **kwargs)
-    except ValueError as err:
-        raise ValueError(f"head lattice ({topology}, n_heads={n_heads}): {err}") from None
-    if lattice.n != n_heads:
-        raise ValueError(f"the head lattice {lattice.name!r} has {lattice.n} nodes but n_heads={n_heads}; "
-                         f"pick a topology/shape with exactly {n_heads} nodes")
-    return lattice
-
-
 @dataclass(frozen=True)
 class OscillatorParameters:
     """The oscillator quantities one forward uses (learned values or intervention overrides).
@@ -163,7 +123,7 @@ class OscillatorParameters:
 
 
 @dataclass
-class LatticeIntermediates(Intermediates):
+class LatticeIntermediates(PhaseIntermediates):
     """Telemetry of one ``lattice`` layer (tensors keep their graph; detach to log).
 
     Attributes:
@@ -178,12 +138,6 @@ class LatticeIntermediates(Intermediates):
         sequence_coupling, sequence_length: (h,) for ``dynamics="sequence"``, else None.
     """
 
-    content_phases: torch.Tensor
-    theta: torch.Tensor
-    phases: torch.Tensor
-    order_parameter: torch.Tensor
-    mean_order_parameter: torch.Tensor
-    local_order_parameter: torch.Tensor
     omega: torch.Tensor
     coupling: torch.Tensor
     lattice_constant: torch.Tensor
@@ -204,140 +158,6 @@ class LatticeIntermediates(Intermediates):
             "omega_std": float(self.omega.detach().std(unbiased=False)),
         }
 
-
-def causal_decayed_mean(x: torch.Tensor, decay: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
-    """Exponentially decayed mean over strictly earlier tokens.
-
-    ``y[:, t] = (1 - g) * sum_{u < t} g ** (t - 1 - u) * x[:, u]`` with ``g = decay`` per head;
-    computed by a doubling (Hillis-Steele) scan in ceil(log2 max_len) shift-and-add rounds, which
-    only ever reads earlier positions (exactly causal, no loop over tokens). The round count
-    depends on ``max_len`` only, not on the actual length, so an exported graph (ONNX, torch.export)
-    with a dynamic sequence length is right for every length up to ``max_len``.
-
-    Args:
-        x: (b, t, h, c).
-        decay: (h,) in [0, 1).
-        max_len: longest sequence the graph must handle (default: t).
-
-    Returns:
-        (b, t, h, c).
-    """
-    t = x.shape[1]
-    g = decay[:, None]  # (h, 1), g ** shift
-    z = x  # inclusive scan z_t = sum_{k < shift} g^k x_{t-k}
-    for r in range(math.ceil(math.log2(max(max_len or t, 2)))):
-        shift = 2**r
-        z = z + g * F.pad(z, (0, 0, 0, 0, shift, 0))[:, :t]  # z_t += g^shift z_{t-shift}
-        g = g * g
-    return (1 - decay[:, None]) * F.pad(z, (0, 0, 0, 0, 1, 0))[:, :t]  # exclusive: strictly past
-
-
-@dataclass(frozen=True)
-class SpaceTimeOperator(CouplingOperator):
-    """Coupling on the (token x head) space-time lattice for ``dynamics="sequence"``.
-
-    Node index = t * h_count + h. ``aggregate`` = head-lattice coupling within each token plus the
-    causal decayed mean of the same head over earlier tokens; both couplings are folded in, so
-    the system's ``coupling`` is 1.
-
-    Attributes:
-        head_weight: (h, h) kappa_h W_hg.
-        sequence_weight: (h,) coupling along the sequence.
-        decay: (h,) exp(-1 / sequence_length).
-        tokens: t.
-        max_tokens: the model's seq_len (fixes the scan depth, see :func:`causal_decayed_mean`).
-    """
-
-    head_weight: torch.Tensor
-    sequence_weight: torch.Tensor
-    decay: torch.Tensor
-    tokens: int
-    max_tokens: int | None = None
-
-    @property
-    def n(self) -> int:
-        return self.tokens * self.head_weight.shape[-1]
-
-    def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, t * h, c) -> (b, t * h, c)."""
-        b, n, c = x.shape
-        x4 = x.reshape(b, self.tokens, -1, c)  # b (t h) c -> b t h c
-        past = causal_decayed_mean(x4, self.decay, self.max_tokens)
-        out = torch.matmul(self.head_weight, x4) + self.sequence_weight[:, None] * past
-        return out.reshape(b, n, c)
-
-    def to(self, device=None, dtype=None):
-        return SpaceTimeOperator(*(w.to(device=device, dtype=dtype) for w in
-                                   (self.head_weight, self.sequence_weight, self.decay)),
-                                 self.tokens, self.max_tokens)
-
-
-def fused_phase_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, phases: torch.Tensor,
-                          gain: torch.Tensor, score: str = "additive",
-                          dropout_p: float = 0.0) -> torch.Tensor:
-    """Phase-modulated causal attention as ONE ``scaled_dot_product_attention`` call.
-
-    additive: ``q' = [q, sqrt(d) a cos phi, sqrt(d) a sin phi]``, ``k' = [k, cos phi, sin phi]``,
-    softmax scale 1/sqrt(d), so ``q'.k'/sqrt(d) = q.k/sqrt(d) + a cos(phi_q - phi_k)``. The signed
-    gain sits on the query side only (no sqrt(a)); q enters unchanged, so a = 0 gives vanilla's scores.
-    multiplicative: ``q' = [(1-a) q, a q cos phi, a q sin phi]``, ``k' = [k, k cos phi, k sin phi]`` (3d).
-    The CPU flash kernel needs equal q/k and v widths, so v is zero-padded and the output sliced.
-
-    Args:
-        q, k, v: (b, h, t, d).
-        phases: (b, t, h) phi.
-        gain: (h,) a.
-        score: "additive" | "multiplicative".
-        dropout_p: attention dropout.
-
-    Returns:
-        (b, h, t, d).
-    """
-    d = q.shape[-1]
-    phi = phases.transpose(1, 2).unsqueeze(-1)  # b t h -> b h t 1
-    cos, sin = torch.cos(phi), torch.sin(phi)
-    a = gain.view(-1, 1, 1)  # (h, 1, 1)
-    if score == "additive":
-        ga = math.sqrt(d) * a
-        q2 = torch.cat([q, ga * cos, ga * sin], dim=-1)  # (b, h, t, d + 2)
-        k2 = torch.cat([k, cos, sin], dim=-1)
-    elif score == "multiplicative":
-        q2 = torch.cat([(1 - a) * q, (a * cos) * q, (a * sin) * q], dim=-1)  # (b, h, t, 3d)
-        k2 = torch.cat([k, cos * k, sin * k], dim=-1)
-    else:
-        raise ValueError(f"unknown score {score!r}; allowed: additive, multiplicative")
-    v2 = F.pad(v, (0, q2.shape[-1] - d))
-    y = F.scaled_dot_product_attention(q2, k2, v2, is_causal=True, scale=1.0 / math.sqrt(d),
-                                       dropout_p=dropout_p)
-    return y[..., :d]
-
-
-def materialised_phase_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, phases: torch.Tensor,
-                                 gain: torch.Tensor, score: str = "additive") -> torch.Tensor:
-    """Reference for :func:`fused_phase_attention` with explicit (b, h, t, t) scores (tests only).
-
-    The phase term is computed as ``cos(phi_q - phi_k)`` directly, not through the identity.
-    """
-    d = q.shape[-1]
-    phi = phases.transpose(1, 2)  # (b, h, t)
-    coherence = torch.cos(phi[..., :, None] - phi[..., None, :])  # (b, h, t, t)
-    a = gain.view(-1, 1, 1)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(d)
-    if score == "additive":
-        scores = scores + a * coherence
-    elif score == "multiplicative":
-        scores = scores * (1 - a + a * coherence)
-    else:
-        raise ValueError(f"unknown score {score!r}; allowed: additive, multiplicative")
-    t = q.shape[-2]
-    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
-    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
-
-
 @register_attention("lattice")
 class LatticeAttention(QKVAttention):
     """LOT attention: heads on a lattice, Kuramoto phases per token, phase-coherent scores.
@@ -347,10 +167,10 @@ class LatticeAttention(QKVAttention):
     (absent when tied), ``gain``; with ``dynamics="sequence"`` also ``sequence_coupling`` and
     ``sequence_length_raw``. All (h,).
 
-    Interventions (``forward(..., interventions={...})``): ``omega``, ``coupling``,
+    Interventions (``forward(..., interventions={...})``; numbers/tensors broadcast to the
+    quantity's shape, or callables of the current value): ``omega``, ``coupling``,
     ``lattice_constant``, ``sequence_frequency``, ``gain``, ``sequence_coupling``,
-    ``sequence_length`` (a float or an (h,) tensor replacing the value), and ``phases`` (a (b, t, h)
-    tensor replacing phi, or a callable phi -> phi').
+    ``sequence_length`` (each (h,)), and ``phases`` (phi, (b, t, h)).
     """
 
     Options = LatticeOptions
@@ -371,19 +191,9 @@ class LatticeAttention(QKVAttention):
         h = self.n_heads
         self.seq_len = config.seq_len
         self.lattice = build_head_lattice(h, options)
-        distances = self.lattice.pairwise_distances()
-        adjacency = self.lattice.adjacency().toarray() != 0  # [i, j]: j drives i
-        if options.coupling_range == "neighbours":
-            mask = adjacency
-        else:
-            mask = np.isfinite(distances) & ~np.eye(h, dtype=bool)
-        local = adjacency | np.eye(h, dtype=bool)
-        dtype = torch.get_default_dtype()
-        self.register_buffer("distances", torch.as_tensor(np.where(mask, distances, 0.0), dtype=dtype),
-                             persistent=False)
-        self.register_buffer("coupling_mask", torch.as_tensor(mask, dtype=dtype), persistent=False)
-        local_weights = torch.as_tensor(local / local.sum(1, keepdims=True), dtype=dtype)
-        self.register_buffer("local_weights", local_weights, persistent=False)
+        distances, mask, local_weights = head_lattice_geometry(self.lattice, options.coupling_range)
+        for name, value in (("distances", distances), ("coupling_mask", mask), ("local_weights", local_weights)):
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.get_default_dtype()), persistent=False)
 
         self.phase = nn.Linear(self.d_model, 2 * h, bias=False)
         self.omega = nn.Parameter(torch.empty(h))
@@ -406,60 +216,39 @@ class LatticeAttention(QKVAttention):
     def init_parameters(self, std: float) -> None:
         """Phase projection ~ N(0, 1/D) (unit-size complex pairs), oscillators from the options."""
         o: LatticeOptions = self.options
-        h = self.n_heads
         nn.init.normal_(self.phase.weight, std=1.0 / math.sqrt(self.d_model))
-        idx = torch.arange(h, dtype=self.omega.dtype, device=self.omega.device)
-        spread = float(self.seq_len) ** (-idx / max(h - 1, 1))  # 1 .. 1/seq_len rad per token
+        spread = frequency_spectrum(self.n_heads, self.seq_len, dtype=self.omega.dtype, device=self.omega.device)
         if o.tie_frequencies:
             self.omega.copy_(spread)
         else:
             self.omega.uniform_(*o.omega_init)
             self.sequence_frequency.copy_(spread)
         self.coupling.fill_(o.coupling_init)
-        self.lattice_constant_raw.fill_(_inverse_softplus(o.lattice_constant_init))
+        self.lattice_constant_raw.fill_(inverse_softplus(o.lattice_constant_init))
         self.gain.fill_(o.gain_init)
         if o.dynamics == "sequence":
             self.sequence_coupling.fill_(o.sequence_coupling_init)
-            self.sequence_length_raw.fill_(_inverse_softplus(o.sequence_length_init))
-
-    # ---------------------------------------------------------------------------------------------
-    # The oscillator pieces, in forward order
+            self.sequence_length_raw.fill_(inverse_softplus(o.sequence_length_init))
 
     def oscillator_parameters(self, interventions: Mapping[str, Any] | None = None) -> OscillatorParameters:
         """The values this forward uses: learned parameters, overridden by ``interventions``."""
         iv = interventions or {}
-        sequence = self.options.dynamics == "sequence"
-        values = {
-            "omega": self.omega,
-            "coupling": self.coupling,
-            "lattice_constant": F.softplus(self.lattice_constant_raw),
-            "gain": self.gain,
-            "sequence_coupling": self.sequence_coupling if sequence else None,
-            "sequence_length": F.softplus(self.sequence_length_raw) if sequence else None,
-        }
-        for name in values:
-            if name in iv:
-                values[name] = self._per_head(iv[name])
-        if "sequence_frequency" in iv:
-            values["sequence_frequency"] = self._per_head(iv["sequence_frequency"])
-        else:
-            values["sequence_frequency"] = values["omega"] if self.options.tie_frequencies \
-                else self.sequence_frequency
-        return OscillatorParameters(**values)
-
-    def _per_head(self, value: Any) -> torch.Tensor:
-        return torch.as_tensor(value, dtype=self.omega.dtype, device=self.omega.device).broadcast_to(
-            (self.n_heads,))
+        omega = apply_intervention(iv, "omega", self.omega)
+        sequence_frequency = omega if self.options.tie_frequencies else self.sequence_frequency
+        sequence = {}
+        if self.options.dynamics == "sequence":
+            sequence = {"sequence_coupling": apply_intervention(iv, "sequence_coupling", self.sequence_coupling),
+                        "sequence_length": apply_intervention(iv, "sequence_length",
+                                                              F.softplus(self.sequence_length_raw))}
+        return OscillatorParameters(
+            omega=omega, coupling=apply_intervention(iv, "coupling", self.coupling),
+            lattice_constant=apply_intervention(iv, "lattice_constant", F.softplus(self.lattice_constant_raw)),
+            sequence_frequency=apply_intervention(iv, "sequence_frequency", sequence_frequency),
+            gain=apply_intervention(iv, "gain", self.gain), **sequence)
 
     def coupling_weights(self, lattice_constant: torch.Tensor) -> torch.Tensor:
         """W (h, h) = mask * exp(-d_hg / ell_h); row h receives, column g sends."""
         return self.coupling_mask * torch.exp(-self.distances / lattice_constant[:, None])
-
-    def content_phases(self, x: torch.Tensor) -> torch.Tensor:
-        """theta0 (b, t, h) = atan2 of two projections of x (b, t, D)."""
-        b, t, _ = x.shape
-        pair = self.phase(x).view(b, t, self.n_heads, 2)
-        return torch.atan2(pair[..., 1], pair[..., 0])
 
     def kuramoto_system(self, params: OscillatorParameters, tokens: int | None = None) -> KuramotoSystem:
         """The head-lattice system the forward integrates.
@@ -482,30 +271,26 @@ class LatticeAttention(QKVAttention):
         if o.n_steps == 0:
             return theta0
         b, t, h = theta0.shape
-        system = self.kuramoto_system(params, tokens=t)
-        integrator = kuramoto_integrator(system, method=o.method, dt=o.dt)
         state0 = theta0.reshape(b * t, h) if o.dynamics == "parallel" else theta0.reshape(b, t * h)
-        return integrator.step_fn(integrator.init_fn(state0), o.n_steps).theta.reshape(b, t, h)
+        theta = integrate(self.kuramoto_system(params, tokens=t), state0, method=o.method, dt=o.dt,
+                          n_steps=o.n_steps)
+        return theta.reshape(b, t, h)
 
     def forward(self, x: torch.Tensor, rope: Rope, *, return_intermediates: bool = False,
                 interventions: Mapping[str, Any] | None = None
                 ) -> tuple[torch.Tensor, LatticeIntermediates | None]:
         """(b, t, D) -> ((b, t, D), :class:`LatticeIntermediates` if asked, else None)."""
         iv = self.check_interventions(interventions)
-        b, t, _ = x.shape
+        o: LatticeOptions = self.options
         q, k, v = self.project_qkv(x, rope)  # (b, h, t, d) each
         params = self.oscillator_parameters(iv)
-        theta0 = self.content_phases(x)  # (b, t, h)
+        theta0 = content_phases(self.phase, x, self.n_heads)  # (b, t, h)
         theta = self.integrate(theta0, params)  # (b, t, h)
-        position = torch.arange(t, dtype=theta.dtype, device=theta.device)
-        phases = theta + position[:, None] * params.sequence_frequency  # (b, t, h)
-        if "phases" in iv:
-            phases = iv["phases"](phases) if callable(iv["phases"]) else torch.as_tensor(
-                iv["phases"], dtype=phases.dtype, device=phases.device).broadcast_to(phases.shape)
-        if self.options.implementation == "materialised":
-            y = materialised_phase_attention(q, k, v, phases, params.gain, self.options.score)
+        phases = apply_intervention(iv, "phases", advance(theta, params.sequence_frequency))  # (b, t, h)
+        if o.implementation == "materialised":
+            y = materialised_phase_attention(q, k, v, phases, params.gain, o.score)
         else:
-            y = fused_phase_attention(q, k, v, phases, params.gain, self.options.score,
+            y = fused_phase_attention(q, k, v, phases, params.gain, o.score,
                                       dropout_p=self.dropout if self.training else 0.0)
         y = self.merge_heads(y)
         if not return_intermediates:
@@ -530,7 +315,7 @@ class LatticeAttention(QKVAttention):
         diversity = mean over frequency vectors f of exp(-Var_h f) (identical frequencies; f is omega,
         plus Omega when untied) + mean over (b, h) of R_bh^2, with R_bh the order parameter of head
         h's phases theta across the tokens of sequence b (every token at one phase would make the
-        phase term a constant: the prior prototype's no-op).
+        phase term a constant, which softmax ignores).
         """
         sync = (1 - intermediates.order_parameter).mean()
         frequencies = [intermediates.omega]
@@ -546,15 +331,4 @@ class LatticeAttention(QKVAttention):
                 f"score={o.score}, n_steps={o.n_steps}, dt={o.dt}, method={o.method}")
 
 
-__all__ = [
-    "LatticeAttention",
-    "LatticeIntermediates",
-    "LatticeOptions",
-    "OscillatorParameters",
-    "SpaceTimeOperator",
-    "build_head_lattice",
-    "causal_decayed_mean",
-    "fused_phase_attention",
-    "materialised_phase_attention",
-    "most_square_shape",
-]
+__all__ = ["LatticeAttention", "LatticeIntermediates", "LatticeOptions", "OscillatorParameters"]

@@ -1,5 +1,5 @@
-"""Parameter counting and matching for fair comparisons (design/attention.md: match ALL learnable
-parameters within 2%, report non-embedding counts too).
+"""Parameter counting and matching for fair comparisons (match ALL learnable parameters within 2%,
+report non-embedding counts too).
 
 Counting builds the model on the ``meta`` device: no memory, no init cost, any size.
 """

@@ -60,8 +60,8 @@ from torch import nn
 
 from lotsim.model.attention import AttentionOptions, Intermediates, QKVAttention, register_attention
 from lotsim.model.interventions import override
+from lotsim.model.phase import inverse_softplus
 from lotsim.model.rope import Rope, apply_rope
-from lotsim.model.torus import inverse_softplus
 
 
 class SSAOptions(AttentionOptions):

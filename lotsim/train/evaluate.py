@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lotsim.tasks import IGNORE_INDEX, Task, check_split
-from lotsim.train.telemetry import order_parameter_of, phase_layers
+from lotsim.train.telemetry import phase_layers
 
 DEFAULT_SYNTHETIC_BATCHES = 32
 
@@ -77,7 +77,7 @@ def evaluate(model: torch.nn.Module, task: Task, split: str = "validation", *, b
             for name, value in task.metrics(logits, targets).items():
                 weighted[name] = weighted.get(name, 0.0) + float(value) * b
             for layer, inter in phase_layers(out.intermediates if sync else None):
-                r_sum[layer] = r_sum.get(layer, 0.0) + float(order_parameter_of(inter).float().sum())
+                r_sum[layer] = r_sum.get(layer, 0.0) + float(inter.order_parameter.float().sum())
             if r_sum:
                 r_count += idx.numel()
     finally:

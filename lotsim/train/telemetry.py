@@ -2,8 +2,9 @@
 
 Every ``train.telemetry_every`` steps (and at step 0 and at the end) the model, in eval mode and
 without gradients, reads a FIXED probe batch: the first ``train.telemetry_sequences`` sequences of
-the validation split. For every layer whose attention reports phases (an intermediates object
-with ``theta`` (b, t, h)) one frame is appended to the particles group ``layer_<ii>``:
+the validation split. For every layer whose attention reports phases (its intermediates are a
+:class:`~lotsim.model.attention.PhaseIntermediates`, ``theta`` (b, t, n)) one frame is appended to
+the particles group ``layer_<ii>``:
 
 * ``phase/value [frame, node, replica]`` (read back as [frame, replica, node]): the layer's
   oscillator phases theta (after the Kuramoto steps on the head lattice, before the sequence
@@ -32,25 +33,12 @@ import numpy as np
 import torch
 
 from lotsim.io import TrajectoryWriter
+from lotsim.model.attention import PhaseIntermediates
 
 
-def phase_layers(intermediates) -> list[tuple[int, object]]:
-    """(layer index, intermediates) of the layers that report phases ``theta`` (b, t, h)."""
-    out = []
-    for i, inter in enumerate(intermediates or []):
-        theta = getattr(inter, "theta", None)
-        if isinstance(theta, torch.Tensor) and theta.ndim == 3:
-            out.append((i, inter))
-    return out
-
-
-def order_parameter_of(inter) -> torch.Tensor:
-    """r (b, t) across heads: the layer's own ``order_parameter`` or |mean_h exp(i theta)|."""
-    r = getattr(inter, "order_parameter", None)
-    if isinstance(r, torch.Tensor) and r.ndim == 2:
-        return r
-    theta = inter.theta
-    return torch.sqrt(torch.cos(theta).mean(-1) ** 2 + torch.sin(theta).mean(-1) ** 2)
+def phase_layers(intermediates) -> list[tuple[int, PhaseIntermediates]]:
+    """(layer index, intermediates) of the layers that report phases (:class:`PhaseIntermediates`)."""
+    return [(i, inter) for i, inter in enumerate(intermediates or []) if isinstance(inter, PhaseIntermediates)]
 
 
 class PhaseTelemetry:
@@ -111,16 +99,15 @@ class PhaseTelemetry:
             group = f"layer_{i:02d}"
             theta = inter.theta.detach().float().cpu()  # (b, t, h)
             h = theta.shape[-1]
-            local = getattr(inter, "local_order_parameter", None)
-            has_local = isinstance(local, torch.Tensor) and local.shape == theta.shape
+            local = inter.local_order_parameter
             if group not in writer.groups:
-                self._add_group(writer, group, model, i, b, t, h, has_local)
-            obs = {"order_parameter": order_parameter_of(inter).detach().float().cpu().reshape(1, b * t).numpy()}
-            if has_local:
+                self._add_group(writer, group, model, i, b, t, h, local is not None)
+            obs = {"order_parameter": inter.order_parameter.detach().float().cpu().reshape(1, b * t).numpy()}
+            if local is not None:
                 obs["local_order_parameter"] = local.detach().float().cpu().reshape(1, b * t, h).numpy()
             phase = np.mod(theta.reshape(1, b * t, h).numpy(), 2 * math.pi)
             writer.append(group, np.array([step]), np.array([float(step)]), phase, obs)
-            summary.update({f"{group}/{k}": float(v) for k, v in getattr(inter, "summary", dict)().items()})
+            summary.update({f"{group}/{k}": float(v) for k, v in inter.summary().items()})
         return summary
 
     def _add_group(self, writer, group, model, layer, b, t, h, has_local) -> None:
