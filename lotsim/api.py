@@ -375,5 +375,10 @@ def load_model(checkpoint: str | Path) -> TrainedModel:
     from lotsim.train.checkpoint import model_from_checkpoint, read_checkpoint
 
     contents = read_checkpoint(checkpoint)
-    return TrainedModel(model=model_from_checkpoint(contents).eval(), vocabulary=contents.vocabulary,
+    vocabulary = contents.vocabulary
+    if vocabulary is None and contents.recipe:  # older checkpoints: the task's own (never imports code)
+        from lotsim.tasks import vocabulary_from_recipe
+
+        vocabulary = vocabulary_from_recipe(tomllib.loads(contents.recipe))
+    return TrainedModel(model=model_from_checkpoint(contents).eval(), vocabulary=vocabulary,
                         recipe=contents.recipe, step=contents.step, path=contents.path)
