@@ -255,7 +255,7 @@ def load_run(path: str | Path) -> Run:
         except (KeyError, ValueError):
             omega = None
         positions = node_positions(traj, info)
-        edges, weights = traj.edges()
+        edges, weights = traj.edges
     recipe = None
     if traj.recipe_toml.strip():
         try:

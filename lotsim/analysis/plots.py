@@ -387,7 +387,7 @@ def _draw_bonds(ax, positions: np.ndarray, edges: np.ndarray) -> None:
 
 
 def _edges(traj) -> np.ndarray | None:
-    edges, _ = traj.edges()
+    edges, _ = traj.edges
     return edges if edges.shape[0] else None
 
 
