@@ -382,15 +382,19 @@ def test_ssa_frequencies_are_a_positional_encoding():
 # torus
 
 
-def test_torus_default_is_one_tangent_update_of_the_circular_mean():
-    model = make_model("torus")
+@pytest.mark.parametrize("score", ["shared", "qk"])
+def test_torus_default_is_one_tangent_update_of_the_circular_mean(score):
+    model = make_model("torus", {"score": score})
     _randomise(model)
     attn = model.blocks[0].attn
     x, rope = layer_input(model)
     _, inter = attn(x, rope, return_intermediates=True)
     theta0 = inter.content_phases  # (b, t, h, m)
     gate, rate = torch.nn.functional.softplus(attn.gate_raw), attn.rotary_rate
-    weights = causal_softmax(materialised_scores(theta0, rate, gate))  # (b, h, t, u)
+    if score == "shared":
+        weights = causal_softmax(materialised_scores(theta0, rate, gate))  # (b, h, t, u)
+    else:  # the scores of the query and key phases, from explicit differences
+        weights = causal_softmax(attn.score_weights(x, theta0, gate, rate))
     expected = theta0.clone()
     th = theta0.transpose(1, 2)  # (b, h, t, m)
     for t in range(T):
@@ -435,7 +439,7 @@ def test_fsn_direct_term_is_the_cores_frustrated_coupling():
     theta0 = inter.content_phases  # (b, t, h, m)
     b, t, h, m = theta0.shape
     gate, rate = torch.nn.functional.softplus(attn.gate_raw), attn.rotary_rate
-    weights = causal_softmax(materialised_scores(theta0, rate, gate))  # (b, h, t, t)
+    weights = causal_softmax(attn.score_weights(x, theta0, gate, rate))  # (b, h, t, t), explicit differences
     per_channel = weights[:, :, None].expand(b, h, m, t, t).reshape(b * h * m, t, t)
     system = KuramotoSystem(omega=torch.zeros(()), coupling=torch.ones(()),
                             operator=DenseOperator(per_channel), harmonics=(h_amp,), frustration=(alpha,))
@@ -462,7 +466,7 @@ def test_fsn_delay_term_reads_successors_but_never_the_future():
         assert ((moved.phases[:, s] - 1.3) - base.phases[:, s]).abs().max() > 1e-4
     # the fused delay branch equals an explicit strict-past sum of successor phasors
     gate, rate = torch.nn.functional.softplus(attn.gate_raw), attn.rotary_rate
-    strict = causal_softmax(materialised_scores(theta0, rate, gate), strict=True)  # (b, h, t, u)
+    strict = causal_softmax(attn.score_weights(x, theta0, gate, rate), strict=True)  # (b, h, t, u)
     values = harmonic_values(theta0, attn.harmonics)  # (b, h, t, 2mM)
     successor = torch.cat([values[:, :, 1:], torch.zeros_like(values[:, :, :1])], dim=2)
     mean_field = strict @ successor

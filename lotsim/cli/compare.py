@@ -16,7 +16,7 @@ ABLATIONS = ("fsn: no-coupling, no-delay, no-frustration, frozen-phases; lattice
              "no-coupling; pma: no-oscillator, frozen-phases, no-coupling; ssa: no-oscillator, frozen-phases; "
              "torus: no-coupling, frozen-phases")
 # the variants' named readings of their papers (Attention.readings), same rule
-READINGS = "fsn: qk, mean, qk-mean; torus: qk, mean, qk-mean"
+READINGS = "fsn: shared-phase, qk, mean, qk-mean; torus: shared-phase, qk, mean, qk-mean"
 
 
 def compare(

@@ -67,19 +67,20 @@ class PhaseStateOptions(AttentionOptions):
         angles: m, angles per head (default d/2, so the score features are d wide).
         gate_init: initial score gate g (> 0); None -> 1/sqrt(m), so the score of independent uniform
             phases has variance m g^2 / 2 = 1/2 whatever m.
-        score: ``shared`` (query and key are the token's own phase state: ``cos(theta_t - theta_u)``)
-            or ``qk`` (the gated cosine similarity of separate query and key phases, each the atan2 of
-            two learned projections of x; the values stay the phase state).
-        readout: ``phase`` (``out([cos theta', sin theta'])``) or ``mean`` (also the attention-weighted
-            circular mean ``sum_u A_tu e^{i theta_u}`` the update is the tangent component of:
-            ``out([cos theta', sin theta', Re, Im])``).
+        score: ``qk`` (default: the gated cosine similarity of separate query and key phases, each the
+            atan2 of two learned projections of x; the values stay the phase state) or ``shared``
+            (query and key are the token's own phase state: ``cos(theta_t - theta_u)``).
+        readout: ``mean`` (default: ``out([cos theta', sin theta', Re, Im])`` with the attention-weighted
+            circular mean ``sum_u A_tu e^{i theta_u}`` whose tangent component is the update) or ``phase``
+            (``out([cos theta', sin theta'])`` only).
+        The defaults are the reading that screened best (docs/results.md).
         implementation: ``fused`` (SDPA) or ``materialised`` (explicit T x T weights; test oracle).
     """
 
     angles: int | None = Field(default=None, ge=1)
     gate_init: float | None = Field(default=None, gt=0)
-    score: Literal["shared", "qk"] = "shared"
-    readout: Literal["phase", "mean"] = "phase"
+    score: Literal["shared", "qk"] = "qk"
+    readout: Literal["phase", "mean"] = "mean"
     implementation: Literal["fused", "materialised"] = "fused"
 
 
@@ -121,9 +122,10 @@ class PhaseStateAttention(Attention):
 
     # named readings of the papers' text (options only; `lotsim compare` arms ATTENTION:READING)
     readings: ClassVar[dict[str, dict[str, Any]]] = {
-        "qk": {"options": {"score": "qk"}},
-        "mean": {"options": {"readout": "mean"}},
-        "qk-mean": {"options": {"score": "qk", "readout": "mean"}},
+        "shared-phase": {"options": {"score": "shared", "readout": "phase"}},  # the first reconstruction
+        "qk": {"options": {"score": "qk", "readout": "phase"}},
+        "mean": {"options": {"score": "shared", "readout": "mean"}},
+        "qk-mean": {"options": {"score": "qk", "readout": "mean"}},  # the default
     }
 
     def __init__(self, config, options: PhaseStateOptions, layer: int = 0):
