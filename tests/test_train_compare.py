@@ -339,3 +339,34 @@ def test_a_diverged_rate_is_never_chosen():
     assert choose_lr(runs, lower_is_better=True) == 1e-3
     assert choose_lr({1e-2: [{"validation_best": float("nan")}], 1e-3: [{"validation_best": 0.2}]}, False) == 1e-3
     assert choose_lr({1e-3: [{"validation_best": 0.2}], 1e-2: [{"validation_best": 0.5}]}, False) == 1e-2
+
+
+def test_sigterm_to_a_parallel_comparison_stops_every_worker_with_a_checkpoint(tmp_path):
+    """``kill PID`` of ``lotsim compare --jobs 2`` (not the process group): no worker keeps training,
+    each stopped run has its checkpoint, and a rerun resumes them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cmp"
+    sets = [a for s in [*TINY, "train.steps=100000", "train.log_every=1", "train.checkpoint_every=100000",
+                        "train.eval_every=100000"] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "lotsim", "compare", "--arms", "vanilla,lattice", "--seeds", "1", "--jobs", "2",
+           "--out", str(out), *sets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ,
+                            "PYTHONPATH": os.pathsep.join(sys.path)})
+    logs = [out / "runs" / arm / "lr0.003" / "seed0" / "metrics.jsonl" for arm in ("vanilla", "lattice")]
+    deadline = time.monotonic() + 120
+    while not all(p.is_file() and p.stat().st_size > 0 for p in logs):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    sizes = [p.stat().st_size for p in logs]
+    time.sleep(2.0)
+    assert [p.stat().st_size for p in logs] == sizes, "a worker kept training after the comparison stopped"
+    for log in logs:
+        assert (log.parent / "checkpoints" / "last.pt").is_file()

@@ -339,12 +339,23 @@ def _train_in_pool(pending: list[_Run], jobs: int, started: Callable, finished: 
     """Run ``pending`` trainings ``jobs`` at a time in spawned processes, reporting each as it ends.
 
     On Ctrl-C every worker saves its checkpoint (they receive the signal too) before this re-raises,
-    so rerunning the comparison resumes them.
+    so rerunning the comparison resumes them. A SIGTERM sent to this process alone (``kill PID``, a
+    scheduler) is passed on to the workers, which checkpoint the same way: none outlives the comparison.
     """
     import multiprocessing
+    import signal
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from lotsim.interrupts import handle_signals
+
+    terminated = []
+
+    def on_sigterm(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    with (ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool,
+          handle_signals(on_sigterm, (signal.SIGTERM,))):
         futures = {}
         for run in pending:
             started(run)
@@ -357,6 +368,9 @@ def _train_in_pool(pending: list[_Run], jobs: int, started: Callable, finished: 
                     future.result()  # re-raises a worker's error (TrainingInterrupted included)
                     finished(futures[future])
         except BaseException:
+            if terminated:  # only this process got the signal: each worker checkpoints on its own SIGTERM
+                for child in multiprocessing.active_children():
+                    child.terminate()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
 
