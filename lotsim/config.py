@@ -84,8 +84,10 @@ class DynamicsSection(Section):
     frustration: float | list[float] = 0.0
     noise: Annotated[float, Field(ge=0)] = 0.0
     inertia: Annotated[float, Field(ge=0)] = 0.0
-    integrator: Literal["euler", "heun", "rk4"] = "rk4"
+    integrator: Literal["euler", "heun", "rk4", "dopri5"] = "rk4"
     dt: Annotated[float, Field(gt=0)] = 0.05
+    rtol: Annotated[float, Field(ge=0)] | None = None
+    atol: Annotated[float, Field(ge=0)] | None = None
     steps: Annotated[int, Field(ge=1)] | None = None
     t_max: Annotated[float, Field(gt=0)] | None = None
     backend: Literal["auto", "torch", "numba", "cupy"] = "auto"
@@ -104,6 +106,13 @@ class DynamicsSection(Section):
         if not value:
             raise ValueError("harmonics needs at least one amplitude, e.g. [1.0]")
         return value
+
+    @model_validator(mode="after")
+    def _tolerances_need_adaptive(self):
+        if (self.rtol is not None or self.atol is not None) and self.integrator != "dopri5":
+            raise ValueError(f"dynamics.rtol/atol set the error control of integrator 'dopri5', but the integrator "
+                             f"is {self.integrator!r} (fixed step dt); set dynamics.integrator = \"dopri5\"")
+        return self
 
     @model_validator(mode="after")
     def _one_duration(self):

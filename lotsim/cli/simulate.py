@@ -74,8 +74,13 @@ def simulate(
     noise: Annotated[float | None, typer.Option(help="Noise intensity D.", rich_help_panel=_DYN)] = None,
     inertia: Annotated[float | None, typer.Option(help="Inertia mu (second-order model).",
                                                   rich_help_panel=_DYN)] = None,
-    integrator: Annotated[str | None, typer.Option(help="euler, heun or rk4.", rich_help_panel=_DYN)] = None,
-    dt: Annotated[float | None, typer.Option(help="Time step.", rich_help_panel=_DYN)] = None,
+    integrator: Annotated[str | None, typer.Option(help="euler, heun, rk4 or dopri5.", rich_help_panel=_DYN)] = None,
+    dt: Annotated[float | None, typer.Option(help="Time step (with dopri5: the time grid unit).",
+                                             rich_help_panel=_DYN)] = None,
+    rtol: Annotated[float | None, typer.Option(help="Relative tolerance: integrate with dopri5 (error "
+                                               "control) instead of fixed steps.", rich_help_panel=_DYN)] = None,
+    atol: Annotated[float | None, typer.Option(help="Absolute tolerance (phase error per step) of dopri5.",
+                                               rich_help_panel=_DYN)] = None,
     steps: Annotated[int | None, typer.Option(help="Number of steps.", rich_help_panel=_DYN)] = None,
     t_max: Annotated[float | None, typer.Option(help="Integration time (instead of --steps).",
                                                 rich_help_panel=_DYN)] = None,
@@ -131,6 +136,9 @@ def simulate(
         "output.save_every": save_every, "output.compression": compression, "seed": seed, "shard": shard,
     }
     updates = {k: v for k, v in flags.items() if v is not None}
+    if (rtol is not None or atol is not None) and integrator is None:  # tolerances select the adaptive pair
+        updates["dynamics.integrator"] = "dopri5"
+    updates.update({f"dynamics.{k}": v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None})
     # a duration given on the command line replaces the recipe's other duration key
     if steps is not None:
         updates.setdefault("dynamics.t_max", None)

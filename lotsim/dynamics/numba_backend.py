@@ -43,8 +43,9 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from lotsim.dynamics.adaptive import DEFAULT_ATOL, DEFAULT_RTOL
 from lotsim.dynamics.core import (
-    METHODS,
+    FIXED_METHODS,
     Integrator,
     KuramotoSystem,
     MeanFieldOperator,
@@ -565,24 +566,29 @@ class _LayoutTuner:
 
 
 def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: float = 0.01,
-                        seed: int = 0) -> Integrator:
-    """Fixed-step integrator for ``system`` running in one compiled call per ``step_fn`` call.
+                        seed: int = 0, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> Integrator:
+    """Integrator for ``system`` running in one compiled call per ``step_fn`` call.
 
     Same arguments, checks and results (to round-off) as the torch reference
     :func:`lotsim.dynamics.core.kuramoto_integrator`. States whose tensors need autograd, live on
     another device or do not match the system's shape or dtype are stepped by the torch reference.
+    ``dopri5`` runs in :mod:`lotsim.dynamics.numba_adaptive`.
 
     Args:
         system: the oscillator system (see :func:`supports`).
-        method: euler | heun | rk4 (with noise: Euler-Maruyama or stochastic Heun).
-        dt: time step, > 0.
+        method: euler | heun | rk4 (with noise: Euler-Maruyama or stochastic Heun) | dopri5.
+        dt: time step (time grid unit for dopri5), > 0.
         seed: noise stream seed.
+        rtol, atol: tolerances of dopri5.
     """
-    reference = _torch_integrator(system, method=method, dt=dt, seed=seed)  # validates the arguments
+    reference = _torch_integrator(system, method=method, dt=dt, seed=seed, rtol=rtol, atol=atol)  # validates
     if not supports(system):
         raise ValueError(f"the numba backend does not support this system ({type(system.operator).__name__}, "
                          "or tensors that need autograd / are not on the CPU); use the torch backend")
-    assert method in METHODS
+    if method not in FIXED_METHODS:
+        from lotsim.dynamics.numba_adaptive import kuramoto_integrator as adaptive_integrator
+
+        return adaptive_integrator(system, method=method, dt=dt, rtol=rtol, atol=atol)
     inertial = system.inertia > 0
     mu = float(system.inertia) if inertial else 1.0
     sigma = math.sqrt(2.0 * system.noise * dt) if system.noise > 0 else 0.0
@@ -716,7 +722,7 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
         return OscillatorState(theta=torch.from_numpy(theta), velocity=torch.from_numpy(vel) if inertial else None,
                                step=state.step + n_steps)
 
-    return Integrator(init_fn, step_fn)
+    return Integrator(init_fn, step_fn, "numba")
 
 
 _NO_NOISE = {np.dtype(np.float32): np.zeros((1, 1, 1), np.float32),
