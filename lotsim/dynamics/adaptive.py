@@ -83,8 +83,7 @@ def step_factor(err: float, err_prev: float, order: int, rejected: bool) -> floa
     expo = 1.0 / order - 0.75 * BETA
     if err > 1.0:  # rejected: the I part only
         return max(FAC_MIN, SAFETY * err ** -expo)
-    fac = SAFETY * (err ** -expo if err > 0 else FAC_MAX) * err_prev ** BETA
-    fac = min(FAC_MAX, max(FAC_MIN, fac))
+    fac = FAC_MAX if err == 0 else min(FAC_MAX, max(FAC_MIN, SAFETY * err ** -expo * err_prev ** BETA))
     return min(fac, 1.0) if rejected else fac
 
 
@@ -166,8 +165,14 @@ def adaptive_integrator(system, *, method: str = "dopri5", dt: float = 0.01, rto
         def f(y):
             return drift(system, y[:, 0]).unsqueeze(1)
 
-    def norm(x: torch.Tensor, scale: torch.Tensor) -> np.ndarray:  # (b, s, n) -> (b,) RMS
-        return torch.sqrt(torch.mean((x / scale) ** 2, dim=(1, 2))).cpu().numpy()
+    def norm(x: torch.Tensor, scale: torch.Tensor) -> np.ndarray:
+        """(b, s, n) -> (b,) RMS; on the CPU one 1-D numpy sum per replica, whose order does not
+        depend on b (numpy's and torch's axis reductions do), so a batched run equals the runs one by
+        one, bit for bit."""
+        ratio = (x / scale).reshape(x.shape[0], -1)
+        if ratio.device.type == "cpu":
+            return np.sqrt(np.array([np.square(row).sum() for row in ratio.numpy()]) / ratio.shape[1])
+        return torch.sqrt(torch.mean(ratio**2, dim=1)).cpu().numpy()
 
     def init_fn(theta, velocity=None, step: int = 0, control: AdaptiveControl | None = None):
         if inertial and velocity is None:

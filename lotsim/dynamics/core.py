@@ -24,7 +24,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
@@ -274,13 +274,18 @@ class OscillatorState:
     control: object | None = None
 
 
-class Integrator(NamedTuple):
+@dataclass(frozen=True)
+class Integrator:
     """``init_fn(theta, velocity=None, step=0) -> state``, ``step_fn(state, n_steps=1) -> state`` and
-    the name of the backend that runs them (``torch``, ``numba``, ``cupy``)."""
+    the name of the backend that runs them (``torch``, ``numba``, ``cupy``). Unpacks as the pair
+    ``init_fn, step_fn = integrator``."""
 
     init_fn: Callable[..., OscillatorState]
     step_fn: Callable[..., OscillatorState]
     backend: str = "torch"
+
+    def __iter__(self):
+        return iter((self.init_fn, self.step_fn))
 
 
 def noise_seed(seed: int, step: int) -> int:
