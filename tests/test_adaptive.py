@@ -217,3 +217,53 @@ def test_run_and_backend_records():
     system = _system(lat, omega, [1.0])
     state = _run(system, theta0, dt=0.1, steps=3, backend=Adaptive("torch"))
     assert state.step == 3
+
+
+# --------------------------------------------------------------------------- through the simulator
+
+
+def test_simulate_with_tolerances_stores_frames_on_the_grid_and_the_step_counts(tmp_path):
+    import h5py
+    from typer.testing import CliRunner
+
+    from lotsim.cli import app
+    from lotsim.io import open_trajectory
+
+    out = tmp_path / "run.h5"
+    args = ["simulate", "--topology", "square", "--shape", "8x8", "--coupling", "0:2:3", "--t-max", "3",
+            "--dt", "0.1", "--save-every", "5", "--rtol", "1e-8", "--atol", "1e-9", "--backend", "torch",
+            "--out", str(out), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with open_trajectory(out) as traj:
+        assert np.array_equal(traj.times(), 0.5 * np.arange(7))
+        assert 'integrator = "dopri5"' in traj.recipe_toml and "rtol = 1e-08" in traj.recipe_toml
+    with h5py.File(out) as f:
+        extra = f["lotsim/state/extra"]
+        assert extra["adaptive_accepted"].shape == (3,) and (extra["adaptive_accepted"][()] > 0).all()
+        assert extra["adaptive_rejected"].shape == (3,) and extra["adaptive_error"].shape == (3,)
+    bad = CliRunner().invoke(app, args[:-3] + ["--integrator", "rk4", "--out", str(tmp_path / "b.h5")])
+    assert bad.exit_code == 2 and "dopri5" in bad.output and "Traceback" not in bad.output
+
+
+def test_interrupted_adaptive_run_resumes_bit_identically(tmp_path):
+    from lotsim.config import SimulationRecipe, load_recipe
+    from lotsim.io import open_trajectory
+    from lotsim.simulation import SimulationInterrupted, run_simulation
+
+    recipe = load_recipe(SimulationRecipe, updates={
+        "lattice.topology": "ring", "lattice.n": 32, "dynamics.t_max": 20.0, "dynamics.dt": 0.1,
+        "dynamics.coupling": [0.5, 1.5], "dynamics.integrator": "dopri5", "dynamics.rtol": 1e-7,
+        "output.save_every": 2, "dynamics.backend": "numba"})
+
+    def stop(step, total):
+        if step == 120:
+            raise KeyboardInterrupt
+
+    with pytest.raises(SimulationInterrupted):
+        run_simulation(recipe, tmp_path / "cut.h5", progress=stop)
+    run_simulation(recipe, tmp_path / "cut.h5", resume=True)
+    run_simulation(recipe, tmp_path / "straight.h5")
+    with open_trajectory(tmp_path / "cut.h5") as a, open_trajectory(tmp_path / "straight.h5") as b:
+        assert np.array_equal(a.steps(), b.steps())
+        assert np.array_equal(a.phase()[()], b.phase()[()])
