@@ -41,22 +41,27 @@ NUMBA_COMPILE_S = 15.0
 NUMBA_LOAD_S = 0.5
 
 
-def numba_cached(method: Method) -> bool:
-    """Whether numba's on-disk cache holds a compiled kernel for ``method`` (for the current source)."""
+def numba_cached(method: Method, replicas: int = 1) -> bool:
+    """Whether numba's on-disk cache holds the kernel a run of ``method`` with ``replicas`` replicas
+    calls first (for the current source; numba's own index, which is empty when stale or absent)."""
     try:
-        if method in FIXED_METHODS:
-            from lotsim.dynamics.numba_backend import _integrate as kernel
-        else:
+        import numba
+
+        if method not in FIXED_METHODS:
             from lotsim.dynamics.numba_adaptive import _integrate as kernel
-        return bool(kernel._cache._cache_file._load_index())  # numba's index; empty when stale or absent
+        elif replicas == 1 or numba.get_num_threads() == 1:
+            from lotsim.dynamics.numba_kernels import _integrate_serial as kernel
+        else:
+            from lotsim.dynamics.numba_kernels import _integrate as kernel
+        return bool(kernel._cache._cache_file._load_index())
     except Exception:  # numba missing, caching disabled or its internals changed: assume a compile
         return False
 
 
-def numba_pays(work: float, method: Method) -> bool:
+def numba_pays(work: float, method: Method, replicas: int = 1) -> bool:
     """Whether numba finishes ``work`` oscillator-steps sooner than torch, its compile counted when it
     is not cached (see the cost model above)."""
-    startup = NUMBA_LOAD_S if numba_cached(method) else NUMBA_COMPILE_S
+    startup = NUMBA_LOAD_S if numba_cached(method, replicas) else NUMBA_COMPILE_S
     return work / NUMBA_RATE + startup < work / TORCH_RATE
 
 
@@ -84,7 +89,9 @@ def make_integrator(system: KuramotoSystem, *, backend: Backend = "auto", method
             return kuramoto_integrator(system, **kwargs)
         try:
             module = _load("numba" if cpu else "cupy")
-            if module.supports(system) and (not cpu or work_hint is None or numba_pays(work_hint, method)):
+            replicas = system.coupling.shape[0] if system.coupling.dim() == 2 else 1
+            if module.supports(system) and (not cpu or work_hint is None
+                                            or numba_pays(work_hint, method, replicas)):
                 return module.kuramoto_integrator(system, **kwargs)
         except BackendUnavailable:
             pass

@@ -21,7 +21,7 @@ from numba import njit, prange
 from lotsim.dynamics import adaptive
 from lotsim.dynamics.adaptive import DEFAULT_ATOL, DEFAULT_RTOL, TABLEAUX, AdaptiveControl
 from lotsim.dynamics.core import Integrator, KuramotoSystem, NeighbourOperator, OscillatorState, SparseOperator
-from lotsim.dynamics.numba_backend import _CSR, _JIT, _NEIGHBOURS, _SINCOS_LIMIT, _operator_arrays, _sincos
+from lotsim.dynamics.numba_kernels import _CSR, _JIT, _NEIGHBOURS, _SINCOS_LIMIT, _sincos, operator_arrays
 
 _step_factor = njit(**_JIT)(adaptive.step_factor)
 _trial_step = njit(**_JIT)(adaptive.trial_step)
@@ -236,7 +236,7 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: str = "dopri5", dt: f
         key = (np_dtype, b)
         if key not in cache:
             shape = (b, n)
-            op = _operator_arrays(system.operator, np_dtype)
+            op = operator_arrays(system.operator, np_dtype)
             par = (np.array(np.broadcast_to(system.omega.detach().numpy().astype(np_dtype), shape)),
                    np.array(np.broadcast_to(system.coupling.detach().numpy().astype(np_dtype), shape)),
                    np.array([h for h, _, _ in active], np_dtype),
