@@ -84,7 +84,7 @@ class DynamicsSection(Section):
     frustration: float | list[float] = 0.0
     noise: Annotated[float, Field(ge=0)] = 0.0
     inertia: Annotated[float, Field(ge=0)] = 0.0
-    integrator: Literal["euler", "heun", "rk4", "dopri5"] = "rk4"
+    integrator: Literal["euler", "heun", "rk4", "dopri5", "dop853"] = "rk4"
     dt: Annotated[float, Field(gt=0)] = 0.05
     rtol: Annotated[float, Field(ge=0)] | None = None
     atol: Annotated[float, Field(ge=0)] | None = None
@@ -109,9 +109,10 @@ class DynamicsSection(Section):
 
     @model_validator(mode="after")
     def _tolerances_need_adaptive(self):
-        if (self.rtol is not None or self.atol is not None) and self.integrator != "dopri5":
-            raise ValueError(f"dynamics.rtol/atol set the error control of integrator 'dopri5', but the integrator "
-                             f"is {self.integrator!r} (fixed step dt); set dynamics.integrator = \"dopri5\"")
+        if (self.rtol is not None or self.atol is not None) and self.integrator not in ("dopri5", "dop853"):
+            raise ValueError(f"dynamics.rtol/atol set the error control of integrators 'dopri5' and 'dop853', but "
+                             f"the integrator is {self.integrator!r} (fixed step dt); set dynamics.integrator = "
+                             f"\"dopri5\" or \"dop853\"")
         return self
 
     @model_validator(mode="after")

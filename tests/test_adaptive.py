@@ -1,7 +1,7 @@
-"""Error-controlled integration (dopri5) on the torch reference and the numba kernel.
+"""Error-controlled integration (dopri5, dop853) on the torch reference and the numba kernel.
 
-The physics tests of ``test_dynamics.py`` that use the deterministic RK4 run here once more on dopri5
-(a tight tolerance, ``dt`` as the time grid): the adaptive method has to pass the same physics.
+The physics tests of ``test_dynamics.py`` that use the deterministic RK4 run here once more on the
+adaptive pairs (a tight tolerance, ``dt`` as the time grid): they have to pass the same physics.
 """
 
 from __future__ import annotations
@@ -23,22 +23,26 @@ F64 = torch.float64
 
 
 class Adaptive(Backend):
-    """A backend whose deterministic RK4 runs are replaced by dopri5 at a tight tolerance."""
+    """A backend whose deterministic RK4 runs are replaced by an adaptive pair at a tight tolerance."""
 
     tol = 1e-11
 
+    def __init__(self, name: str, method: str = "dopri5"):
+        super().__init__(name)
+        self.method = method
+
     def __repr__(self) -> str:
-        return f"{self.name}-dopri5"
+        return f"{self.name}-{self.method}"
 
     def integrator(self, system, *, method="rk4", dt=0.01, seed=0):
         if method != "rk4":
-            pytest.skip("only the deterministic RK4 runs have a dopri5 twin")
-        return make_integrator(system, backend=self.name, method="dopri5", dt=dt, rtol=self.tol, atol=self.tol)
+            pytest.skip("only the deterministic RK4 runs have an adaptive twin")
+        return make_integrator(system, backend=self.name, method=self.method, dt=dt, rtol=self.tol, atol=self.tol)
 
 
-@pytest.fixture(params=["torch", "numba"])
+@pytest.fixture(params=[("torch", "dopri5"), ("numba", "dopri5"), ("numba", "dop853")], ids=lambda p: "-".join(p))
 def adaptive(request) -> Adaptive:
-    return Adaptive(request.param)
+    return Adaptive(*request.param)
 
 
 def _problem(b: int = 1, n_side: int = 8, seed: int = 0):
@@ -120,8 +124,37 @@ def test_dopri5_tableau_orders_are_5_and_4():
     assert np.sum(tab.b) == pytest.approx(1) and np.allclose(tab.a.sum(1), tab.c)
 
 
+def test_dop853_is_scipys_dop853_and_of_order_8():
+    """One step equals scipy's DOP853 step (same coefficients); the global error ratio for h -> h/2 is
+    2^8 or better and the local one about 2^9."""
+    from scipy.integrate import solve_ivp
+
+    lat = build_lattice("ring", n=8)
+    omega = natural_frequencies(8, "gaussian", width=1.0, seed=1)
+    theta0 = torch.as_tensor(initial_phases(lat, "random", seed=2)[None])
+    system = _system(lat, omega, [1.5], frustration=(0.3,), harmonics=(1.0, 0.4))
+
+    def f(y):
+        return physics.drift(system, y)
+
+    tab = TABLEAUX["dop853"]
+    one = solve_ivp(lambda t, y: f(torch.as_tensor(y)[None])[0].numpy(), (0.0, 0.1), theta0[0].numpy(),
+                    method="DOP853", first_step=0.1, rtol=1e3, atol=1e3)
+    assert one.t.shape == (2,)  # a single step
+    assert np.abs(_fixed_step(tab, f, theta0, 0.1, 1)[0][0].numpy() - one.y[:, -1]).max() < 1e-14
+    reference = _fixed_step(tab, f, theta0, 0.01, 200)[0]
+    glob = [(_fixed_step(tab, f, theta0, h, round(2.0 / h))[0] - reference).abs().max().item() for h in (0.2, 0.1)]
+    assert math.log2(glob[0] / glob[1]) > 7.8
+    local = []
+    for h in (0.2, 0.1):
+        fine = _fixed_step(tab, f, theta0, h / 50, 50)[0]
+        local.append((_fixed_step(tab, f, theta0, h, 1)[0] - fine).abs().max().item())
+    assert math.log2(local[0] / local[1]) == pytest.approx(9, abs=0.5)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "dop853"])
 @pytest.mark.parametrize("backend", ["torch", "numba"])
-def test_error_follows_the_tolerance_and_meets_rk4(backend):
+def test_error_follows_the_tolerance_and_meets_rk4(backend, method):
     """The global error falls with the tolerance (about proportionally) and, at a tight tolerance,
     dopri5 agrees with a fine-step RK4 to 1e-10."""
     lat, omega, theta0, couplings = _problem(b=2)
@@ -130,7 +163,7 @@ def test_error_follows_the_tolerance_and_meets_rk4(backend):
     y_ref = rk4.step_fn(rk4.init_fn(torch.as_tensor(theta0)), 2500).theta  # t = 5
     errors = {}
     for tol in (1e-5, 1e-7, 1e-9, 1e-12):
-        integ = make_integrator(system, backend=backend, method="dopri5", dt=0.5, rtol=tol, atol=tol)
+        integ = make_integrator(system, backend=backend, method=method, dt=0.5, rtol=tol, atol=tol)
         assert integ.backend == backend
         state = integ.step_fn(integ.init_fn(torch.as_tensor(theta0)), 10)
         errors[tol] = (state.theta - y_ref).abs().max().item()
@@ -140,13 +173,14 @@ def test_error_follows_the_tolerance_and_meets_rk4(backend):
     assert errors[1e-12] < 1e-10
 
 
-def test_numba_matches_the_torch_reference():
+@pytest.mark.parametrize("method", ["dopri5", "dop853"])
+def test_numba_matches_the_torch_reference(method):
     lat, omega, theta0, couplings = _problem(b=3)
     system = _system(lat, np.broadcast_to(omega, (3, lat.n)), couplings, harmonics=(1.0, 0.3),
                      frustration=(0.2, 0.1), inertia=0.4)
     states = {}
     for backend in ("torch", "numba"):
-        integ = make_integrator(system, backend=backend, method="dopri5", dt=0.25, rtol=1e-8, atol=1e-8)
+        integ = make_integrator(system, backend=backend, method=method, dt=0.25, rtol=1e-8, atol=1e-8)
         state = integ.init_fn(torch.as_tensor(theta0))
         for _ in range(8):
             state = integ.step_fn(state, 2)

@@ -74,12 +74,14 @@ def simulate(
     noise: Annotated[float | None, typer.Option(help="Noise intensity D.", rich_help_panel=_DYN)] = None,
     inertia: Annotated[float | None, typer.Option(help="Inertia mu (second-order model).",
                                                   rich_help_panel=_DYN)] = None,
-    integrator: Annotated[str | None, typer.Option(help="euler, heun, rk4 or dopri5.", rich_help_panel=_DYN)] = None,
-    dt: Annotated[float | None, typer.Option(help="Time step (with dopri5: the time grid unit).",
+    integrator: Annotated[str | None, typer.Option(help="euler, heun, rk4, or dopri5 / dop853 (adaptive: "
+                                                   "--rtol/--atol).", rich_help_panel=_DYN)] = None,
+    dt: Annotated[float | None, typer.Option(help="Time step (adaptive integrators: the time grid unit).",
                                              rich_help_panel=_DYN)] = None,
-    rtol: Annotated[float | None, typer.Option(help="Relative tolerance: integrate with dopri5 (error "
-                                               "control) instead of fixed steps.", rich_help_panel=_DYN)] = None,
-    atol: Annotated[float | None, typer.Option(help="Absolute tolerance (phase error per step) of dopri5.",
+    rtol: Annotated[float | None, typer.Option(help="Relative tolerance: integrate with error control (dopri5, or "
+                                               "--integrator dop853) instead of fixed steps.",
+                                               rich_help_panel=_DYN)] = None,
+    atol: Annotated[float | None, typer.Option(help="Absolute tolerance (phase error per step) of dopri5/dop853.",
                                                rich_help_panel=_DYN)] = None,
     steps: Annotated[int | None, typer.Option(help="Number of steps.", rich_help_panel=_DYN)] = None,
     t_max: Annotated[float | None, typer.Option(help="Integration time (instead of --steps).",

@@ -2,7 +2,8 @@
 
 ``dopri5`` is Dormand and Prince's 5(4) pair (the 5th-order solution is propagated, the embedded
 4th-order one only estimates the error; first same as last, so an accepted step costs 6 right-hand
-sides) with the PI step-size controller of Hairer, Norsett and Wanner (Solving ODEs I, II.4 and the
+sides); ``dop853`` their 8(5,3) pair of Hairer's DOP853 (12 right-hand sides per step, for tight
+tolerances). Both use the PI step-size controller of Hairer, Norsett and Wanner (Solving ODEs I, II.4 and the
 DOPRI5 code): ``h_new = h / clip(err^(0.2 - 0.75 beta) * err_prev^(-beta) / safety, 1/10, 5)``, with
 ``beta = 0.04``, ``safety = 0.9``, and no growth right after a rejected step.
 
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-ADAPTIVE_METHODS = ("dopri5",)
+ADAPTIVE_METHODS = ("dopri5", "dop853")
 DEFAULT_RTOL = 1e-6
 DEFAULT_ATOL = 1e-6
 
@@ -48,7 +49,9 @@ ERR_FLOOR = 1e-4  # the previous error never counts as smaller than this
 class Tableau:
     """An embedded explicit Runge-Kutta pair: ``c`` (s,), ``a`` (s, s) lower triangular, ``b`` (s,) the
     propagated solution, ``e`` (s,) the error estimate ``h sum_j e_j k_j``; ``fsal``: the last stage is
-    evaluated at the new solution (and is the next step's first stage)."""
+    evaluated at the new solution (and is the next step's first stage; otherwise the slope at the new
+    solution is evaluated once per accepted step). ``e3``: DOP853's second, 3rd-order estimate; the
+    error norm is then ``|E5|^2 / sqrt(|E5|^2 + 0.01 |E3|^2)`` (Hairer's DOP853) instead of ``|E5|``."""
 
     name: str
     order: int
@@ -57,6 +60,7 @@ class Tableau:
     b: np.ndarray
     e: np.ndarray
     fsal: bool
+    e3: np.ndarray | None = None
 
 
 def _dopri5() -> Tableau:
@@ -73,7 +77,45 @@ def _dopri5() -> Tableau:
     return Tableau("dopri5", 5, c, a, b, e, fsal=True)
 
 
-TABLEAUX = {"dopri5": _dopri5()}
+def _dop853() -> Tableau:
+    """Dormand and Prince's 8(5,3) pair as in Hairer's DOP853 (12 stages; coefficients as in scipy)."""
+    a = np.zeros((12, 12))
+    a[1, :1] = [0.05260015195876773]
+    a[2, :2] = [0.0197250569845379, 0.0591751709536137]
+    a[3, :3] = [0.02958758547680685, 0.0, 0.08876275643042054]
+    a[4, :4] = [0.2413651341592667, 0.0, -0.8845494793282861, 0.924834003261792]
+    a[5, :5] = [0.037037037037037035, 0.0, 0.0, 0.17082860872947386, 0.12546768756682242]
+    a[6, :6] = [0.037109375, 0.0, 0.0, 0.17025221101954405, 0.06021653898045596, -0.017578125]
+    a[7, :7] = [0.03709200011850479, 0.0, 0.0, 0.17038392571223998, 0.10726203044637328, -0.015319437748624402,
+                0.008273789163814023]
+    a[8, :8] = [0.6241109587160757, 0.0, 0.0, -3.3608926294469414, -0.868219346841726, 27.59209969944671,
+                20.154067550477894, -43.48988418106996]
+    a[9, :9] = [0.47766253643826434, 0.0, 0.0, -2.4881146199716677, -0.590290826836843, 21.230051448181193,
+                15.279233632882423, -33.28821096898486, -0.020331201708508627]
+    a[10, :10] = [-0.9371424300859873, 0.0, 0.0, 5.186372428844064, 1.0914373489967295, -8.149787010746927,
+                  -18.52006565999696, 22.739487099350505, 2.4936055526796523, -3.0467644718982196]
+    a[11, :11] = [2.273310147516538, 0.0, 0.0, -10.53449546673725, -2.0008720582248625, -17.9589318631188,
+                  27.94888452941996, -2.8589982771350235, -8.87285693353063, 12.360567175794303,
+                  0.6433927460157636]
+    b = np.array([0.054293734116568765, 0.0, 0.0, 0.0, 0.0, 4.450312892752409, 1.8915178993145003,
+                  -5.801203960010585, 0.3111643669578199, -0.1521609496625161, 0.20136540080403034,
+                  0.04471061572777259])
+    e5 = np.array([0.01312004499419488, 0.0, 0.0, 0.0, 0.0, -1.2251564463762044, -0.4957589496572502,
+                   1.6643771824549864, -0.35032884874997366, 0.3341791187130175, 0.08192320648511571,
+                   -0.022355307863886294])
+    e3 = np.array([-0.18980075407240762, 0.0, 0.0, 0.0, 0.0, 4.450312892752409, 1.8915178993145003,
+                   -5.801203960010585, -0.4226823213237919, -0.1521609496625161, 0.20136540080403034,
+                   0.02265179219836082])
+    return Tableau("dop853", 8, a.sum(axis=1), a, b, e5, fsal=False, e3=e3)
+
+
+TABLEAUX = {"dopri5": _dopri5(), "dop853": _dop853()}
+
+
+def combined_error(s5: float, s3: float, size: int) -> float:
+    """DOP853's error norm from the sums of squares of the scaled 5th- (s5) and 3rd-order (s3)
+    estimates over ``size`` values."""
+    return 0.0 if s5 == 0.0 and s3 == 0.0 else s5 / math.sqrt((s5 + 0.01 * s3) * size)
 
 
 def step_factor(err: float, err_prev: float, order: int, rejected: bool) -> float:
@@ -145,7 +187,8 @@ def initial_step(h0: float, d1: float, d2: float, order: int) -> float:
 
 def adaptive_integrator(system, *, method: str = "dopri5", dt: float = 0.01, rtol: float = DEFAULT_RTOL,
                         atol: float = DEFAULT_ATOL):
-    """Error-controlled integrator for a deterministic :class:`KuramotoSystem` (torch reference).
+    """Error-controlled integrator for a deterministic :class:`KuramotoSystem` (torch reference);
+    ``method`` is ``dopri5`` or ``dop853``.
 
     ``dt`` is the unit of the time grid (``step_fn(state, n)`` lands exactly on ``t + n dt``); the
     internal steps are chosen by the tolerances ``rtol`` and ``atol``.
@@ -216,6 +259,10 @@ def adaptive_integrator(system, *, method: str = "dopri5", dt: float = 0.01, rto
             err_vec = combine(torch.zeros_like(y), h_t, ks, e_w)
             scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
             err = norm(err_vec, scale)
+            if tab.e3 is not None:  # DOP853: s5 / sqrt((s5 + 0.01 s3) size), with s = size * rms^2
+                size = err_vec[0].numel()
+                err3 = norm(combine(torch.zeros_like(y), h_t, ks, tab.e3), scale)
+                err = np.array([combined_error(size * e5 * e5, size * e3 * e3, size) for e5, e3 in zip(err, err3)])
             local = err_vec.abs().amax(dim=(1, 2)).cpu().numpy()
             ok = active & (err <= 1.0)
             bad = active & ~(err <= 1.0)

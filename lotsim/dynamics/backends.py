@@ -73,7 +73,7 @@ def make_integrator(system: KuramotoSystem, *, backend: Backend = "auto", method
     ``work_hint``: the oscillator-steps of the whole job this integrator belongs to (all replicas of
     a run, or of every shard of a sweep), so ``auto`` keeps tiny CPU runs on torch, where numba's
     one-off compile would dominate; None counts as a large run.
-    ``rtol``/``atol`` are the tolerances of the adaptive methods (``dopri5``; None: the defaults
+    ``rtol``/``atol`` are the tolerances of the adaptive methods (``dopri5``, ``dop853``; None: the defaults
     ``DEFAULT_RTOL``/``DEFAULT_ATOL`` of :mod:`lotsim.dynamics.adaptive`).
     """
     if backend not in BACKENDS:

@@ -33,9 +33,9 @@ from lotsim.dynamics.adaptive import DEFAULT_ATOL, DEFAULT_RTOL, adaptive_integr
 from lotsim.lattice import Lattice
 
 Normalization = Literal["mean-field", "degree", "none"]
-Method = Literal["euler", "heun", "rk4", "dopri5"]
+Method = Literal["euler", "heun", "rk4", "dopri5", "dop853"]
 NORMALIZATIONS = ("mean-field", "degree", "none")
-METHODS = ("euler", "heun", "rk4", "dopri5")
+METHODS = ("euler", "heun", "rk4", "dopri5", "dop853")
 FIXED_METHODS = ("euler", "heun", "rk4")
 
 
@@ -334,18 +334,18 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
     """Integrator for a :class:`KuramotoSystem` (torch reference backend).
 
     Deterministic systems use Euler, Heun or RK4 (global orders 1, 2, 4), or the error-controlled
-    Dormand-Prince pair ``dopri5`` (order 5, tolerances ``rtol``/``atol``; ``dt`` is then only the
-    unit of the time grid, see :mod:`lotsim.dynamics.adaptive`). With noise, ``euler`` is
-    Euler-Maruyama and ``heun`` the stochastic Heun scheme (additive noise: both strong order 1 in
-    the noise, Heun order 2 in the drift); ``rk4`` and ``dopri5`` are refused because they have no
-    consistent SDE form.
+    Dormand-Prince pairs ``dopri5`` (order 5) and ``dop853`` (order 8) with tolerances
+    ``rtol``/``atol``; ``dt`` is then only the unit of the time grid, see
+    :mod:`lotsim.dynamics.adaptive`. With noise, ``euler`` is Euler-Maruyama and ``heun`` the
+    stochastic Heun scheme (additive noise: both strong order 1 in the noise, Heun order 2 in the
+    drift); ``rk4`` and the adaptive pairs are refused because they have no consistent SDE form.
 
     Args:
         system: the oscillator system.
-        method: euler | heun | rk4 | dopri5.
-        dt: time step (fixed-step methods) or time grid unit (dopri5), > 0.
+        method: euler | heun | rk4 | dopri5 | dop853.
+        dt: time step (fixed-step methods) or time grid unit (adaptive pairs), > 0.
         seed: noise stream seed.
-        rtol, atol: relative and absolute tolerance of ``dopri5``.
+        rtol, atol: relative and absolute tolerance of the adaptive pairs.
     """
     check_method(system, method, dt, rtol, atol)
     if method not in FIXED_METHODS:

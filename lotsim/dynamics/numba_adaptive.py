@@ -26,6 +26,7 @@ from lotsim.dynamics.numba_kernels import _CSR, _JIT, _NEIGHBOURS, _SINCOS_LIMIT
 _step_factor = njit(**_JIT)(adaptive.step_factor)
 _trial_step = njit(**_JIT)(adaptive.trial_step)
 _initial_step = njit(**_JIT)(adaptive.initial_step)
+_combined_error = njit(**_JIT)(adaptive.combined_error)
 
 
 @njit(**_JIT)
@@ -140,11 +141,11 @@ def _scaled_rms(x, y0, y1, rtol, atol):
 @njit(**_JIT)
 def _replica(r, span, dt, y, par, op, tab, tol, ctl, K, W, scr):
     """Advance y (s, n) of replica r by ``span`` with controlled steps (see :mod:`lotsim.dynamics.adaptive`)."""
-    a, bw, ew, order, fsal = tab
+    a, bw, ew, e3w, order, fsal, two_estimates = tab
     rtol, atol = tol
     h_arr, err_prev, rej_last, accepted, rejected, error = ctl
     q = bw.shape[0]
-    ynew, ytmp, evec, zero = W[0], W[1], W[2], W[3]
+    ynew, ytmp, evec, zero, evec3 = W[0], W[1], W[2], W[3], W[4]
     _rhs(r, y, K[0], par, op, scr)
     if h_arr[r] <= 0.0:  # Hairer's starting step
         d0 = _scaled_rms(y, y, y, rtol, atol)
@@ -168,6 +169,10 @@ def _replica(r, span, dt, y, par, op, tab, tol, ctl, K, W, scr):
         _combine(ynew, y, hh, K, bw, q)
         _combine(evec, zero, hh, K, ew, q)
         err = _scaled_rms(evec, y, ynew, rtol, atol)
+        if two_estimates:  # DOP853's norm, from the same sums of squares as the torch reference
+            _combine(evec3, zero, hh, K, e3w, q)
+            err3 = _scaled_rms(evec3, y, ynew, rtol, atol)
+            err = _combined_error(evec.size * err * err, evec.size * err3 * err3, evec.size)
         fac = _step_factor(err, err_prev[r], order, rej_last[r] != 0)
         h_next = hh * fac
         if err <= 1.0:
@@ -243,9 +248,11 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: str = "dopri5", dt: f
                    np.array([math.cos(a) for _, a, _ in active], np_dtype),
                    np.array([math.sin(a) for _, a, _ in active], np_dtype),
                    np.array([m for _, _, m in active], np_dtype), np_dtype.type(system.inertia or 1.0))
-            tab = (t.a.astype(np_dtype), t.b.astype(np_dtype), t.e.astype(np_dtype), t.order, t.fsal)
+            e3 = t.e if t.e3 is None else t.e3
+            tab = (t.a.astype(np_dtype), t.b.astype(np_dtype), t.e.astype(np_dtype), e3.astype(np_dtype), t.order,
+                   t.fsal, t.e3 is not None)
             q, m = len(t.c), len(active)
-            scratch = (np.empty((b, q, n_comp, n), np_dtype), np.zeros((b, 4, n_comp, n), np_dtype),
+            scratch = (np.empty((b, q, n_comp, n), np_dtype), np.zeros((b, 5, n_comp, n), np_dtype),
                        (np.empty((b, m, n), np_dtype), np.empty((b, m, n), np_dtype), np.empty((b, n), np_dtype),
                         np.empty((b, n), np_dtype), np.empty((b, n), np_dtype)))
             cache[key] = (op, par, tab, scratch)

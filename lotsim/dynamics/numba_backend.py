@@ -5,7 +5,7 @@ method=, dt=, seed=)`` returns an ``(init_fn, step_fn)`` pair over :class:`Oscil
 torch tensors in and out; :func:`supports` says which systems it runs (``backends.make_integrator``
 picks it on ``auto``). The torch backend stays the test oracle: float64 results agree to ~1e-12.
 This module is the driver: the kernels are in :mod:`lotsim.dynamics.numba_kernels`, the choice of
-thread layout in :mod:`lotsim.dynamics.layout_tuner`, and ``dopri5`` in
+thread layout in :mod:`lotsim.dynamics.layout_tuner`, and the adaptive pairs in
 :mod:`lotsim.dynamics.numba_adaptive`. The thread count follows ``numba.set_num_threads`` /
 ``NUMBA_NUM_THREADS``.
 
@@ -82,14 +82,14 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
     Same arguments, checks and results (to round-off) as the torch reference
     :func:`lotsim.dynamics.core.kuramoto_integrator`. States whose tensors need autograd, live on
     another device or do not match the system's shape or dtype are stepped by the torch reference.
-    ``dopri5`` runs in :mod:`lotsim.dynamics.numba_adaptive`.
+    ``dopri5`` and ``dop853`` run in :mod:`lotsim.dynamics.numba_adaptive`.
 
     Args:
         system: the oscillator system (see :func:`supports`).
-        method: euler | heun | rk4 (with noise: Euler-Maruyama or stochastic Heun) | dopri5.
-        dt: time step (time grid unit for dopri5), > 0.
+        method: euler | heun | rk4 (with noise: Euler-Maruyama or stochastic Heun) | dopri5 | dop853.
+        dt: time step (time grid unit for the adaptive pairs), > 0.
         seed: noise stream seed.
-        rtol, atol: tolerances of dopri5.
+        rtol, atol: tolerances of the adaptive pairs.
     """
     reference = _torch_integrator(system, method=method, dt=dt, seed=seed, rtol=rtol, atol=atol)  # validates
     if not supports(system):
