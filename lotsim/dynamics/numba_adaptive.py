@@ -169,6 +169,7 @@ def _replica(r, span, dt, y, par, op, tab, tol, ctl, K, W, scr):
         _combine(ynew, y, hh, K, bw, q)
         _combine(evec, zero, hh, K, ew, q)
         err = _scaled_rms(evec, y, ynew, rtol, atol)
+        err5 = err
         if two_estimates:  # DOP853's norm, from the same sums of squares as the torch reference
             _combine(evec3, zero, hh, K, e3w, q)
             err3 = _scaled_rms(evec3, y, ynew, rtol, atol)
@@ -183,6 +184,8 @@ def _replica(r, span, dt, y, par, op, tab, tol, ctl, K, W, scr):
             for j in range(y.shape[0]):
                 for i in range(y.shape[1]):
                     local = max(local, abs(evec[j, i]))
+            if two_estimates and err5 > 0:  # the 5th-order estimate scaled to the combined norm
+                local *= err / err5
             error[r] += local
             left = 0.0 if hh >= left else left - hh
             y[:] = ynew
