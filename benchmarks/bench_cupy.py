@@ -74,12 +74,18 @@ def peak_bandwidth(cupy) -> tuple[float | None, dict]:
 
 
 def time_run(integrator, theta0, target_s: float, repeats: int) -> float:
-    """Median seconds per step, timed with CUDA events after a warm-up."""
+    """Median seconds per step, timed with CUDA events after a warm-up (wall clock on the CPU)."""
     state = integrator.step_fn(integrator.init_fn(theta0), 3)  # compile, plan, allocate
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    cuda = theta0.is_cuda
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def timed(n_steps: int) -> float:
         nonlocal state
+        if not cuda:
+            t0 = time.perf_counter()
+            state = integrator.step_fn(state, n_steps)
+            return time.perf_counter() - t0
         start.record()
         state = integrator.step_fn(state, n_steps)
         end.record()
@@ -105,20 +111,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=0.3, help="target time of one timed run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/bench_cupy.json"))
+    parser.add_argument("--dry-run", action="store_true",
+                        help="no GPU: the torch backend on the CPU, same records (a check of the script only)")
     args = parser.parse_args(argv)
 
-    try:
-        import cupy
-    except ImportError:
-        print("bench_cupy: needs CuPy (pip install 'lotsim[gpu12]' or 'lotsim[gpu13]') and an NVIDIA GPU",
-              file=sys.stderr)
-        return 2
-    if not cupy.is_available() or not torch.cuda.is_available():
-        print("bench_cupy: needs a CUDA GPU (and a CUDA build of torch); none is available here. "
-              "The GPU numbers in docs/backends.md are pending a run on such a machine.", file=sys.stderr)
-        return 2
-
-    peak, device_info = peak_bandwidth(cupy)
+    device = "cpu" if args.dry_run else "cuda"
+    cupy = None
+    if args.dry_run:
+        args.backends = ["torch"]
+        peak, device_info = None, {"name": "cpu (dry run)"}
+    else:
+        try:
+            import cupy
+        except ImportError:
+            print("bench_cupy: needs CuPy (pip install 'lotsim[gpu12]' or 'lotsim[gpu13]') and an NVIDIA GPU",
+                  file=sys.stderr)
+            return 2
+        if not cupy.is_available() or not torch.cuda.is_available():
+            print("bench_cupy: needs a CUDA GPU (and a CUDA build of torch); none is available here. "
+                  "The GPU numbers in docs/backends.md are pending a run on such a machine.", file=sys.stderr)
+            return 2
+        peak, device_info = peak_bandwidth(cupy)
     records = []
     header = (f"{'topology':8} {'N':>9} {'dtype':7} {'backend':7} {'steps/s':>10} {'osc-steps/s':>11} "
               f"{'GB/s':>8} {'% peak':>6}")
@@ -128,15 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes(args.sizes):
             if topology == "square" and math.isqrt(n) ** 2 != n:
                 continue
-            op = neighbour_table(topology, n, "cuda")
+            op = neighbour_table(topology, n, device)
             k = op.index.shape[1]
             for dtype_name in args.dtypes:
                 dtype = DTYPES[dtype_name]
-                gen = torch.Generator(device="cuda").manual_seed(0)
-                omega = 0.5 * torch.randn(n, device="cuda", dtype=dtype, generator=gen)
-                theta0 = 2 * math.pi * torch.rand(1, n, device="cuda", dtype=dtype, generator=gen)
-                system = KuramotoSystem(omega=omega, operator=op.to(device="cuda", dtype=dtype),
-                                        coupling=torch.full((1, 1), 2.0, device="cuda", dtype=dtype))
+                gen = torch.Generator(device=device).manual_seed(0)
+                omega = 0.5 * torch.randn(n, device=device, dtype=dtype, generator=gen)
+                theta0 = 2 * math.pi * torch.rand(1, n, device=device, dtype=dtype, generator=gen)
+                system = KuramotoSystem(omega=omega, operator=op.to(device=device, dtype=dtype),
+                                        coupling=torch.full((1, 1), 2.0, device=device, dtype=dtype))
                 for backend in args.backends:
                     integrator = make_integrator(system, backend=backend, method="rk4", dt=0.01)
                     seconds = time_run(integrator, theta0, args.seconds, args.repeats)
@@ -152,11 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                           f"{record['oscillator_steps_per_s']:11.3g} "
                           f"{record['achieved_bytes_per_s'] / 1e9:8.1f} {share}", flush=True)
             del op
-            torch.cuda.empty_cache()
+            if not args.dry_run:
+                torch.cuda.empty_cache()
 
     result = dict(command=" ".join(["python", "benchmarks/bench_cupy.py", *(argv or sys.argv[1:])]),
                   date=time.strftime("%Y-%m-%d %H:%M:%S"), device=device_info, peak_bytes_per_s=peak,
-                  torch=torch.__version__, cupy=cupy.__version__, method="rk4", dt=0.01, replicas=1,
+                  torch=torch.__version__, cupy=None if cupy is None else cupy.__version__, method="rk4",
+                  dt=0.01, replicas=1, dry_run=args.dry_run,
                   records=records)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

@@ -140,8 +140,10 @@ class DynamicsSection(SimulationSection):
     frustration: float | list[float] = 0.0
     noise: Annotated[float, Field(ge=0)] = 0.0
     inertia: Annotated[float, Field(ge=0)] = 0.0
-    integrator: Literal["euler", "heun", "rk4"] = "rk4"
+    integrator: Literal["euler", "heun", "rk4", "dopri5", "dop853"] = "rk4"
     dt: Annotated[float, Field(gt=0)] = 0.05
+    rtol: Annotated[float, Field(ge=0)] | None = None
+    atol: Annotated[float, Field(ge=0)] | None = None
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
     t_max: Annotated[float, Field(gt=0)] | None = None
     backend: Literal["auto", "torch", "numba", "cupy"] = "auto"
@@ -174,6 +176,14 @@ class DynamicsSection(SimulationSection):
         if isinstance(data, dict) and data.get("steps") is None and data.get("t_max") is None:
             return {**data, "t_max": DEFAULT_T_MAX}
         return data
+
+    @model_validator(mode="after")
+    def _tolerances_need_adaptive(self):
+        if (self.rtol is not None or self.atol is not None) and self.integrator not in ("dopri5", "dop853"):
+            raise ValueError(f"dynamics.rtol/atol set the error control of integrators 'dopri5' and 'dop853', but "
+                             f"the integrator is {self.integrator!r} (fixed step dt); set dynamics.integrator = "
+                             f"\"dopri5\" or \"dop853\"")
+        return self
 
     @model_validator(mode="after")
     def _one_duration(self):

@@ -26,6 +26,7 @@ import torch
 from lotsim import __version__
 from lotsim.config import SimulationRecipe, parse_couplings, parse_shard, recipe_to_toml
 from lotsim.dynamics import KuramotoSystem, build_operator, make_integrator, order_parameter
+from lotsim.dynamics.adaptive import AdaptiveControl
 from lotsim.dynamics.initial import initial_phases, load_phases, natural_frequencies
 from lotsim.interrupts import sigterm_as_interrupt
 from lotsim.io import TrajectoryWriter, open_trajectory, read_state
@@ -210,9 +211,11 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
         raise ValueError(f"device {dyn.device!r} is not available (no CUDA GPU); use --device cpu")
     lattice, system, theta0, couplings, seeds = build_system(recipe)
     dtype = getattr(torch, dyn.dtype)
+    # the whole job's work (every shard of a sweep together) decides whether a compiled backend pays
+    work = len(parse_couplings(dyn.coupling)) * recipe.replicas * lattice.n * dyn.n_steps
     integrator = make_integrator(system, backend=dyn.backend, method=dyn.integrator, dt=dyn.dt, seed=recipe.seed,
-                                 steps_hint=dyn.n_steps)
-    backend = _backend_name(integrator, dyn.backend)
+                                 rtol=dyn.rtol, atol=dyn.atol, work_hint=work)
+    backend = integrator.backend
     total = dyn.n_steps
     store_dtype = np.dtype(dyn.dtype if out.precision == "same" else out.precision)
     recipe_toml = recipe_to_toml(recipe)
@@ -226,10 +229,11 @@ def run_simulation(recipe: SimulationRecipe, path: str | Path, *, resume: bool =
         checkpoint = read_state(path)
         writer = TrajectoryWriter(path, mode="a", compression=out.compression)
         writer.truncate_after(checkpoint.step)
+        control = AdaptiveControl.from_arrays(checkpoint.extra)  # the step-size controller, if adaptive
         state = integrator.init_fn(torch.as_tensor(checkpoint.theta, dtype=dtype, device=dyn.device),
                                    None if checkpoint.velocity is None else
                                    torch.as_tensor(checkpoint.velocity, dtype=dtype, device=dyn.device),
-                                   step=checkpoint.step)
+                                   step=checkpoint.step, **({} if control is None else {"control": control}))
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = TrajectoryWriter(
@@ -335,13 +339,9 @@ def _record(writer: TrajectoryWriter, state, dt: float) -> int:
 def _checkpoint(writer: TrajectoryWriter, state, dt: float) -> None:
     """Write the buffered frames and the full-precision resume checkpoint of ``state``."""
     velocity = None if state.velocity is None else state.velocity.detach().cpu().numpy()
+    extra = None if state.control is None else state.control.to_arrays()  # adaptive step counts and error
     writer.write_state(state.theta.detach().cpu().numpy(), velocity=velocity, step=state.step,
-                       time=state.step * dt)
-
-
-def _backend_name(integrator, requested: str) -> str:
-    module = getattr(integrator.step_fn, "__module__", "")
-    return module.rsplit(".", 1)[-1].replace("_backend", "").replace("core", "torch") or requested
+                       time=state.step * dt, extra=extra)
 
 
 def _result(path, recipe, lattice, couplings, seeds, total, wall, backend) -> SimulationResult:

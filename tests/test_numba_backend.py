@@ -5,6 +5,7 @@ Sizes are tiny so the suite stays fast; the kernel is compiled once per dtype (c
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -23,6 +24,7 @@ from lotsim.dynamics import (  # noqa: E402
     make_integrator,
 )
 from lotsim.dynamics import numba_backend as nb  # noqa: E402
+from lotsim.dynamics import numba_kernels as kernels  # noqa: E402
 from lotsim.lattice import build_lattice  # noqa: E402
 
 F64 = torch.float64
@@ -167,39 +169,10 @@ def test_thread_layouts_and_lattice_runs_are_bitwise_equal(layout, monkeypatch):
     monkeypatch.setattr(nb, "_PARALLEL_MIN_NODES", 0)
     monkeypatch.setattr(nb, "_CHUNK_MIN", 1)
     monkeypatch.setattr(nb.numba, "get_num_threads", lambda: 4)  # b % threads != 0: two candidate layouts
-    monkeypatch.setattr(nb._LayoutTuner, "plan", lambda self, layouts, remaining: ("nodes", min(remaining, 7)))
+    monkeypatch.setattr(nb.LayoutTuner, "plan", lambda self, layouts, remaining: ("nodes", min(remaining, 7)))
     assert torch.equal(run(), by_replica)  # node-parallel, several chunks, in segments of 7 steps
-    monkeypatch.setattr(nb, "_USE_RUNS", False)
+    monkeypatch.setattr(nb, "operator_arrays", functools.partial(kernels.operator_arrays, runs=False))
     assert torch.equal(run(), by_replica)
-
-
-def test_layout_tuner_prefers_the_faster_layout_and_re_measures_the_slower(monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr(nb.time, "perf_counter", lambda: clock[0])
-    tuner, both = nb._LayoutTuner(), ("replicas", "nodes")
-    assert tuner.plan(("replicas",), 1000) == ("replicas", 1000)  # one candidate: one call
-
-    def step(layout, steps, per_step):
-        assert tuner.plan(both, 10**6) == (layout, steps)
-        tuner.record(both, layout, steps, steps * per_step)
-
-    # learning: each layout twice, alternately, on few steps; a slow first sample does not count
-    step("replicas", 2, 50e-3)  # e.g. a first call
-    step("nodes", 2, 10e-3)
-    step("replicas", 1, 1e-3)  # sized by its (first, slow) cost
-    step("nodes", 2, 10e-3)  # 10x slower (a busy machine)
-    for steps in (2, 4, 8, 16, 32, 64, 128):  # segments on the faster layout, doubling up to _SEGMENT_SECONDS
-        step("replicas", steps, 1e-3)
-    assert tuner.plan(both, 10**6) == ("replicas", int(nb._SEGMENT_SECONDS / 1e-3))
-    clock[0] += 2.5  # past the first wait (2 s): re-measured on a short segment, loses, the wait doubles
-    step("nodes", int(nb._PROBE_SECONDS / 10e-3), 10e-3)
-    clock[0] += 2.5
-    assert tuner.plan(both, 10**6)[0] == "replicas"
-    clock[0] += 2.0
-    step("nodes", int(nb._PROBE_SECONDS / 10e-3), 0.5e-3)  # the cores are free again: nodes wins
-    assert tuner.plan(both, 10**6)[0] == "replicas"  # ...and the now stale replicas cost is re-measured
-    tuner.record(both, "replicas", 20, 20 * 1e-3)
-    assert tuner.plan(both, 10**6) == ("nodes", 2 * int(nb._PROBE_SECONDS / 10e-3))  # grows from its probe
 
 
 @pytest.mark.parametrize("lattice", [build_lattice("square", shape=(24, 24)), build_lattice("chain", n=40),
@@ -207,19 +180,19 @@ def test_layout_tuner_prefers_the_faster_layout_and_re_measures_the_slower(monke
                                      build_lattice("small-world", n=200, k=4, p=0.05)])
 def test_lattice_runs_cover_every_node(lattice):
     index, weight = lattice.neighbour_table()
-    n_blocks = -(-lattice.n // nb._BLOCK)
-    pieces, block_pieces, offset, run_weight = nb._lattice_runs(index.astype(np.uint32), weight, n_blocks)
+    n_blocks = -(-lattice.n // kernels._BLOCK)
+    pieces, block_pieces, offset, run_weight = kernels._lattice_runs(index.astype(np.uint32), weight, n_blocks)
     assert pieces[0, 0] == 0 and pieces[-1, 1] == lattice.n and np.all(pieces[1:, 0] == pieces[:-1, 1])
     runs = pieces[:, 2][pieces[:, 2] >= 0]
     assert np.array_equal(runs, np.arange(offset.shape[0]))
-    assert np.all(pieces[pieces[:, 2] >= 0, 1] - pieces[pieces[:, 2] >= 0, 0] >= nb._MIN_RUN)
+    assert np.all(pieces[pieces[:, 2] >= 0, 1] - pieces[pieces[:, 2] >= 0, 0] >= kernels._MIN_RUN)
     assert not np.any((pieces[1:, 2] == -1) & (pieces[:-1, 2] == -1))  # short runs are merged
     for lo, hi, run in pieces:  # a run's rows are translates of its first row, with its weights
         if run >= 0:
             expect = np.arange(lo, hi)[:, None] + offset[run].view(np.int64)[None]
             assert np.array_equal(index[lo:hi], expect) and np.all(weight[lo:hi] == run_weight[run])
     for blk, (first, stop) in enumerate(block_pieces):  # every block's nodes are in its pieces
-        lo, hi = blk * nb._BLOCK, min((blk + 1) * nb._BLOCK, lattice.n)
+        lo, hi = blk * kernels._BLOCK, min((blk + 1) * kernels._BLOCK, lattice.n)
         assert pieces[first, 0] <= lo and pieces[stop - 1, 1] >= hi
 
 
@@ -261,8 +234,31 @@ def test_supports_and_fallbacks():
 def test_auto_backend_picks_numba_and_state_is_immutable():
     system = KuramotoSystem(torch.zeros(30, dtype=F64), torch.tensor(1.0, dtype=F64), MeanFieldOperator(30, 1 / 30))
     integ = make_integrator(system, backend="auto")
-    assert integ.step_fn.__module__ == nb.__name__
+    assert integ.backend == "numba"
     theta0 = _theta0(system, b=1)
     before = theta0.clone()
     state = integ.step_fn(integ.init_fn(theta0), 5)
     assert torch.equal(theta0, before) and state.step == 5 and isinstance(state.theta, torch.Tensor)
+
+
+def test_auto_backend_counts_numba_compile_only_when_not_cached(monkeypatch):
+    from lotsim.dynamics import backends
+
+    system = _system("neighbours", b=2)
+    monkeypatch.setattr(backends, "numba_cached", lambda method, replicas=1: False)
+    assert make_integrator(system, backend="auto", work_hint=1e7).backend == "torch"  # the compile would dominate
+    assert make_integrator(system, backend="auto", work_hint=1e9).backend == "numba"
+    assert make_integrator(system, backend="auto").backend == "numba"  # no hint: a large run
+    monkeypatch.setattr(backends, "numba_cached", lambda method, replicas=1: True)
+    assert make_integrator(system, backend="auto", work_hint=1e7).backend == "numba"  # cached: only tiny runs stay
+    assert make_integrator(system, backend="auto", work_hint=1e5).backend == "torch"
+    assert make_integrator(system, backend="auto", method="dopri5", work_hint=1e7).backend == "numba"
+
+
+def test_numba_cache_probe_sees_a_compiled_kernel():
+    from lotsim.dynamics import backends
+
+    system = _system("neighbours", b=1)
+    integ = nb.kuramoto_integrator(system, dt=0.01)
+    integ.step_fn(integ.init_fn(_theta0(system, b=1)), 1)  # compiles (or loads) the serial kernel
+    assert backends.numba_cached("rk4", replicas=1)

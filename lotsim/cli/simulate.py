@@ -27,7 +27,7 @@ FLAG_KEYS = {
     "freq_dist": "frequencies.dist", "freq_mean": "frequencies.mean", "freq_width": "frequencies.width",
     "freq_sampling": "frequencies.sampling", "freq_file": "frequencies.file", "twist": "initial.twist",
     "init": "initial.kind", "save_every": "output.save_every", "compression": "output.compression", "seed": "seed",
-    "shard": "shard",
+    "shard": "shard", "rtol": "dynamics.rtol", "atol": "dynamics.atol",
 }
 """Each recipe flag's key: the flags are shortcuts for ``--set KEY=value`` (``--init FILE`` also sets
 ``initial.file``)."""
@@ -140,8 +140,15 @@ def simulate(
     noise: Annotated[float | None, typer.Option(help="Noise intensity D.", rich_help_panel=_DYN)] = None,
     inertia: Annotated[float | None, typer.Option(help="Inertia mu (second-order model).",
                                                   rich_help_panel=_DYN)] = None,
-    integrator: Annotated[str | None, typer.Option(help="euler, heun or rk4.", rich_help_panel=_DYN)] = None,
-    dt: Annotated[float | None, typer.Option(help="Time step.", rich_help_panel=_DYN)] = None,
+    integrator: Annotated[str | None, typer.Option(help="euler, heun, rk4, or dopri5 / dop853 (adaptive: "
+                                                   "--rtol/--atol).", rich_help_panel=_DYN)] = None,
+    dt: Annotated[float | None, typer.Option(help="Time step (adaptive integrators: the time grid unit).",
+                                             rich_help_panel=_DYN)] = None,
+    rtol: Annotated[float | None, typer.Option(help="Relative tolerance: integrate with error control (dopri5, or "
+                                               "--integrator dop853) instead of fixed steps.",
+                                               rich_help_panel=_DYN)] = None,
+    atol: Annotated[float | None, typer.Option(help="Absolute tolerance (phase error per step) of dopri5/dop853.",
+                                               rich_help_panel=_DYN)] = None,
     steps: Annotated[int | None, typer.Option(help="Number of steps.", rich_help_panel=_DYN)] = None,
     t_max: Annotated[float | None, typer.Option(help="Integration time (instead of --steps).",
                                                 rich_help_panel=_DYN)] = None,
@@ -203,6 +210,8 @@ def simulate(
         updates["frequencies.file"] = None
     if topology is not None and topology not in FILE_TOPOLOGIES and lattice_file is None:
         updates["lattice.file"] = None
+    if (rtol is not None or atol is not None) and integrator is None:  # tolerances select the adaptive pair
+        updates["dynamics.integrator"] = "dopri5"
     # a duration given on the command line replaces the recipe's other duration key
     if steps is not None:
         updates.setdefault("dynamics.t_max", None)

@@ -24,15 +24,17 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
 
+from lotsim.dynamics.adaptive import DEFAULT_ATOL, DEFAULT_RTOL, adaptive_integrator, check_tolerances
 from lotsim.lattice import Lattice, Normalization, row_scale
 
-Method = Literal["euler", "heun", "rk4"]
-METHODS = ("euler", "heun", "rk4")
+Method = Literal["euler", "heun", "rk4", "dopri5", "dop853"]
+METHODS = ("euler", "heun", "rk4", "dopri5", "dop853")
+FIXED_METHODS = ("euler", "heun", "rk4")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,18 +255,28 @@ class OscillatorState:
         theta: (b, n) unwrapped phases.
         velocity: (b, n) dtheta/dt for the inertial model, else None.
         step: number of steps taken since t = 0; time is ``step * dt``.
+        control: the step-size controller's state of an adaptive method
+            (:class:`lotsim.dynamics.adaptive.AdaptiveControl`), else None.
     """
 
     theta: torch.Tensor
     velocity: torch.Tensor | None = None
     step: int = 0
+    control: object | None = None
 
 
-class Integrator(NamedTuple):
-    """``init_fn(theta, velocity=None, step=0) -> state`` and ``step_fn(state, n_steps=1) -> state``."""
+@dataclass(frozen=True)
+class Integrator:
+    """``init_fn(theta, velocity=None, step=0) -> state``, ``step_fn(state, n_steps=1) -> state`` and
+    the name of the backend that runs them (``torch``, ``numba``, ``cupy``). Unpacks as the pair
+    ``init_fn, step_fn = integrator``."""
 
     init_fn: Callable[..., OscillatorState]
     step_fn: Callable[..., OscillatorState]
+    backend: str = "torch"
+
+    def __iter__(self):
+        return iter((self.init_fn, self.step_fn))
 
 
 def noise_seed(seed: int, step: int) -> int:
@@ -294,32 +306,41 @@ def _rk_combine(method: Method, f: Callable, y: tuple, dt: float) -> tuple:
     return tuple(yy + (dt / 6.0) * (a + 2 * b + 2 * c + d) for yy, a, b, c, d in zip(y, k1, k2, k3, k4))
 
 
-def check_method(system: KuramotoSystem, method: str, dt: float) -> None:
+def check_method(system: KuramotoSystem, method: str, dt: float, rtol: float = DEFAULT_RTOL,
+                 atol: float = DEFAULT_ATOL) -> None:
     """Argument checks shared by every backend, so they all refuse the same things the same way."""
     if method not in METHODS:
         raise ValueError(f"unknown integrator {method!r}; allowed: {', '.join(METHODS)}")
     if not dt > 0 or not math.isfinite(dt):
         raise ValueError(f"dt must be a positive number, got {dt}")
-    if system.noise > 0 and method == "rk4":
-        raise ValueError("rk4 has no consistent form with noise; use integrator 'heun' (stochastic Heun) "
+    if system.noise > 0 and method not in ("euler", "heun"):
+        raise ValueError(f"{method} has no consistent form with noise; use integrator 'heun' (stochastic Heun) "
                          "or 'euler' (Euler-Maruyama)")
+    if method not in FIXED_METHODS:
+        check_tolerances(rtol, atol)
 
 
 def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: float = 0.01,
-                        seed: int = 0) -> Integrator:
-    """Fixed-step integrator for a :class:`KuramotoSystem` (torch reference backend).
+                        seed: int = 0, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> Integrator:
+    """Integrator for a :class:`KuramotoSystem` (torch reference backend).
 
-    Deterministic systems use Euler, Heun or RK4 (global orders 1, 2, 4). With noise, ``euler`` is
-    Euler-Maruyama and ``heun`` the stochastic Heun scheme (additive noise: both strong order 1 in
-    the noise, Heun order 2 in the drift); ``rk4`` is refused because it has no consistent SDE form.
+    Deterministic systems use Euler, Heun or RK4 (global orders 1, 2, 4), or the error-controlled
+    Dormand-Prince pairs ``dopri5`` (order 5) and ``dop853`` (order 8) with tolerances
+    ``rtol``/``atol``; ``dt`` is then only the unit of the time grid, see
+    :mod:`lotsim.dynamics.adaptive`. With noise, ``euler`` is Euler-Maruyama and ``heun`` the
+    stochastic Heun scheme (additive noise: both strong order 1 in the noise, Heun order 2 in the
+    drift); ``rk4`` and the adaptive pairs are refused because they have no consistent SDE form.
 
     Args:
         system: the oscillator system.
-        method: euler | heun | rk4.
-        dt: time step, > 0.
+        method: euler | heun | rk4 | dopri5 | dop853.
+        dt: time step (fixed-step methods) or time grid unit (adaptive pairs), > 0.
         seed: noise stream seed.
+        rtol, atol: relative and absolute tolerance of the adaptive pairs.
     """
-    check_method(system, method, dt)
+    check_method(system, method, dt, rtol, atol)
+    if method not in FIXED_METHODS:
+        return adaptive_integrator(system, method=method, dt=dt, rtol=rtol, atol=atol)
     inertial = system.inertia > 0
     mu = system.inertia
     sigma = math.sqrt(2.0 * system.noise * dt) if system.noise > 0 else 0.0
@@ -363,7 +384,7 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
             state = one_step(state)
         return state
 
-    return Integrator(init_fn, step_fn)
+    return Integrator(init_fn, step_fn, "torch")
 
 
 def order_parameter(theta: torch.Tensor, harmonic: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

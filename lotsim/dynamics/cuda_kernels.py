@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from lotsim.dynamics.core import (
+    FIXED_METHODS,
     Integrator,
     KuramotoSystem,
     MeanFieldOperator,
@@ -284,6 +285,9 @@ def build_integrator(system: KuramotoSystem, launcher_for: Callable[[torch.devic
         once on the host (are they uniform?); later calls reuse it.
     """
     check_method(system, method, dt)
+    if method not in FIXED_METHODS:
+        raise ValueError(f"the CUDA kernels have fixed-step integrators only ({', '.join(FIXED_METHODS)}); "
+                         f"run {method} on the torch backend (--backend torch)")
     if not supports(system):
         raise ValueError(f"the CUDA kernels do not support this system ({type(system.operator).__name__}, "
                          f"{len(_harmonic_rows(system))} harmonics); use the torch backend")
@@ -354,7 +358,7 @@ def build_integrator(system: KuramotoSystem, launcher_for: Callable[[torch.devic
                                velocity=velocity.reshape(shape) if inertial else None,
                                step=state.step + n_steps)
 
-    return Integrator(init_fn, step_fn)
+    return Integrator(init_fn, step_fn, "cupy")
 
 
 @torch.no_grad()

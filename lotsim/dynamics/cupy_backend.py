@@ -22,16 +22,13 @@ import torch
 
 from lotsim.dynamics import cuda_kernels
 from lotsim.dynamics.backends import BackendUnavailable
-from lotsim.dynamics.core import Integrator, KuramotoSystem, Method, OscillatorState
+from lotsim.dynamics.core import Integrator, KuramotoSystem, Method
 
 try:
     import cupy
 except ImportError:  # make_integrator shows this message as is
     raise BackendUnavailable("backend 'cupy' needs CuPy: pip install 'lotsim[gpu12]' (CUDA 12) or "
                              "'lotsim[gpu13]' (CUDA 13)") from None
-
-KERNELS = cuda_kernels.KERNELS
-NAME_EXPRESSIONS = cuda_kernels.NAME_EXPRESSIONS
 
 
 def supports(system: KuramotoSystem) -> bool:
@@ -123,15 +120,7 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
         _check_tensor(system.omega, "the system (omega)")
     kernels = cuda_kernels.build_integrator(system, _launcher_for, method=method, dt=dt, seed=seed,
                                             check_tensor=_check_tensor)
-
-    # defined here so that step_fn.__module__ names this backend (lotsim.simulation reports it)
-    def init_fn(theta: torch.Tensor, velocity: torch.Tensor | None = None, step: int = 0) -> OscillatorState:
-        return kernels.init_fn(theta, velocity, step)
-
-    def step_fn(state: OscillatorState, n_steps: int = 1) -> OscillatorState:
-        return kernels.step_fn(state, n_steps)
-
-    return Integrator(init_fn, step_fn)
+    return Integrator(kernels.init_fn, kernels.step_fn, "cupy")
 
 
 def drift(system: KuramotoSystem, theta: torch.Tensor) -> torch.Tensor:
