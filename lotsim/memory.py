@@ -22,7 +22,9 @@ from lotsim.config import SimulationRecipe, parse_shard
 NODE_BYTES = 1000
 EDGE_BYTES = 500
 HOST_BYTES_PER_ELEMENT = 32
-STAGES = {"euler": 1, "heun": 2, "rk4": 4}
+# state-sized work arrays of each integrator: its stage derivatives (for the adaptive pairs also the
+# candidate state and the error estimate: dopri5 7 + 2, dop853 12 + 2)
+STAGES = {"euler": 1, "heun": 2, "rk4": 4, "dopri5": 9, "dop853": 14}
 
 
 def available_memory() -> int | None:

@@ -270,7 +270,7 @@ def test_simulate_with_tolerances_stores_frames_on_the_grid_and_the_step_counts(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     with open_trajectory(out) as traj:
-        assert np.array_equal(traj.times(), 0.5 * np.arange(7))
+        assert np.array_equal(traj.times, 0.5 * np.arange(7))
         assert 'integrator = "dopri5"' in traj.recipe_toml and "rtol = 1e-08" in traj.recipe_toml
     with h5py.File(out) as f:
         extra = f["lotsim/state/extra"]
@@ -299,5 +299,5 @@ def test_interrupted_adaptive_run_resumes_bit_identically(tmp_path):
     run_simulation(recipe, tmp_path / "cut.h5", resume=True)
     run_simulation(recipe, tmp_path / "straight.h5")
     with open_trajectory(tmp_path / "cut.h5") as a, open_trajectory(tmp_path / "straight.h5") as b:
-        assert np.array_equal(a.steps(), b.steps())
-        assert np.array_equal(a.phase()[()], b.phase()[()])
+        assert np.array_equal(a.steps, b.steps)
+        assert np.array_equal(a.phase[()], b.phase[()])

@@ -214,3 +214,13 @@ def test_a_kind_on_the_command_line_replaces_the_recipes_file(tmp_path):
     assert invoke("simulate", recipe, "--out", tmp_path / "a.h5").exit_code == 0
     result = invoke("simulate", recipe, "--init", "random", "--freq-dist", "gaussian", "--out", tmp_path / "b.h5")
     assert result.exit_code == 0, result.output
+
+
+def test_the_memory_estimate_knows_every_integrator():
+    from lotsim.config import SimulationRecipe
+    from lotsim.dynamics.core import METHODS
+    from lotsim.memory import STAGES, estimate_memory
+
+    assert set(STAGES) == set(METHODS)
+    for method in METHODS:
+        estimate_memory(SimulationRecipe.model_validate({"dynamics": {"integrator": method}}))
