@@ -50,7 +50,7 @@ def test_json_summary_and_h5md_file(tmp_path):
     with h5py.File(out) as f:
         assert list(f["h5md"].attrs["version"]) == [1, 1]
         assert f["parameters"].attrs["lotsim_version"]
-    assert (out.parent / "recipe.resolved.toml").is_file()
+    assert (out.parent / f"{out.stem}.recipe.toml").is_file()
 
 
 def test_frames_agree_with_the_stored_order_parameter(tmp_path):
@@ -449,3 +449,16 @@ def test_overwrite_refuses_a_file_a_running_simulate_is_writing(tmp_path):
         runner_proc.wait(timeout=120)
     with open_trajectory(out) as traj:  # the running job's file stays whole and resumable
         assert traj.n_frames >= 1
+
+
+def test_runs_sharing_a_folder_keep_their_own_resolved_recipe(tmp_path):
+    from typer.testing import CliRunner
+
+    from lotsim.cli import app
+
+    for name, coupling in (("a", "0.5"), ("b", "1.5")):
+        args = ["simulate", "--topology", "ring", "--n", "16", "--coupling", coupling, "--t-max", "1",
+                "--out", str(tmp_path / f"{name}.h5")]
+        assert CliRunner().invoke(app, args).exit_code == 0
+    assert "coupling = 0.5" in (tmp_path / "a.recipe.toml").read_text()
+    assert "coupling = 1.5" in (tmp_path / "b.recipe.toml").read_text()

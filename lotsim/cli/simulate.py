@@ -240,7 +240,8 @@ def simulate(
             raise fail(str(err)) from None
         except (SimulationBlowUp, SimulationInterrupted) as err:
             raise fail(str(err), RUNTIME_ERROR) from None
-    (path.parent / "recipe.resolved.toml").write_text(recipe_to_toml(resolved))
+    # named after the run, so several runs in one folder each keep their own
+    path.with_name(path.stem + ".recipe.toml").write_text(recipe_to_toml(resolved))
 
     summary = result.summary()
     for warning in summary.get("warnings", []):
