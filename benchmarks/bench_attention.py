@@ -1,6 +1,6 @@
 """Attention cost: forward + backward time and peak memory of oscillator attentions vs ``vanilla``.
 
-A script, not a test (design/performance.md section 2). Run from the repository root::
+A script, not a test (results and their reading: docs/performance.md). Run from the repository root::
 
     python benchmarks/bench_attention.py --out benchmarks/results/attention.json
 

@@ -6,7 +6,7 @@ Command (writes JSON and a markdown table next to it, ``.md``):
     python benchmarks/bench_simulate.py --quick --out /tmp/simulate-quick.json            # smoke, ~1 min
     python benchmarks/bench_simulate.py --io-only --out /tmp/simulate-io.json             # `simulate` I/O, ~1 min
 
-What is measured (design note performance.md, section 1):
+What is measured (docs/performance.md explains the results):
 - oscillator-steps per second (N x steps / wall time; median of ``--repeats`` runs interleaved across
   implementations, after a warm-up run that also absorbs numba's JIT/cache load; the one-thread rows
   run in a subprocess started with one thread) of: lotsim's numba and torch backends (float64

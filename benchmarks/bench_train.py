@@ -1,6 +1,6 @@
 """Training speed: tokens/s and peak memory of a full training step for every attention arm.
 
-A script, not a test (design/performance.md section 3). Run from the repository root::
+A script, not a test (results and their reading: docs/performance.md). Run from the repository root::
 
     python benchmarks/bench_train.py --out benchmarks/results/train.json
     python benchmarks/bench_train.py --nanogpt /path/to/nanoGPT   # also nanoGPT's own model

@@ -1,6 +1,6 @@
 // kuramoto.cu: fused CUDA kernels of lotsim's CuPy backend (lotsim/dynamics/cupy_backend.py).
 //
-// Model (shared/design/physics.md; the torch reference is lotsim/dynamics/core.py):
+// Model (docs/physics.md; the torch reference is lotsim/dynamics/core.py):
 //
 //     dtheta_i/dt = omega_i + K_bi sum_j W_ij sum_m h_m sin(m (theta_j - theta_i) - alpha_m) + sqrt(2D) xi_i
 //     mu d2theta_i/dt2 + dtheta_i/dt = (same right-hand side)                       (inertia mu > 0)

@@ -1,6 +1,6 @@
 """The one Kuramoto core of lotsim (torch reference backend), shared by the simulator and the model.
 
-Model (physics.md), first order and with inertia mu > 0::
+Model (docs/physics.md), first order and with inertia mu > 0::
 
     dtheta_i/dt = omega_i + K_i sum_j W_ij sum_m h_m sin(m (theta_j - theta_i) - alpha_m) + sqrt(2D) xi_i
     mu d2theta_i/dt2 + dtheta_i/dt = (same right-hand side)
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -399,7 +399,3 @@ def order_parameter(theta: torch.Tensor, harmonic: int = 1) -> tuple[torch.Tenso
     x, y = torch.cos(mt).mean(dim=-1), torch.sin(mt).mean(dim=-1)
     return torch.sqrt(x * x + y * y), torch.atan2(y, x)
 
-
-def as_coupling(values: Sequence[float] | torch.Tensor, device=None, dtype=None) -> torch.Tensor:
-    """Per-replica couplings (b,) -> (b, 1) so they broadcast over nodes."""
-    return torch.as_tensor(values, device=device, dtype=dtype).reshape(-1, 1)

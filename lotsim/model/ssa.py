@@ -1,8 +1,8 @@
 """``ssa``: Selective Synchronization Attention (Hays 2026, arXiv 2602.14445; the OSN block).
 
-Provenance: only the abstract was readable (``../seeds/ssa-selective-synchronization-attention.md``;
-``design/oscillator-attention-notes.md`` §1.3). The abstract fixes: a closed-form operator from the
-*steady state* of the Kuramoto model; tokens are oscillators with learnable natural frequencies;
+Provenance (what the paper states and what is reconstructed): docs/attentions.md. The paper fixes: a
+closed-form operator from the *steady state* of the Kuramoto model; tokens are oscillators with
+learnable natural frequencies;
 the synchronisation strength between token pairs, from a frequency-dependent coupling and a
 phase-locking condition, is the attention weight; incompatible frequencies get exactly zero weight;
 the natural frequencies are the positional encoding; single pass, no ODE integration. The

@@ -49,7 +49,6 @@ from lotsim.train.recipe import TrainingRecipe, recipe_to_toml
 
 # numeric keys of a run's metrics.json that are bookkeeping, not test metrics
 _NOT_METRICS = {"sequences", "scored_tokens", "batches", "step", "steps", "wall_time_s", "seed", "tokens_per_s"}
-LOWER_IS_BETTER = ("loss", "bpc", "perplexity")
 
 
 @dataclass(frozen=True)
