@@ -20,8 +20,17 @@ from numba import njit, prange
 
 from lotsim.dynamics import adaptive
 from lotsim.dynamics.adaptive import DEFAULT_ATOL, DEFAULT_RTOL, TABLEAUX, AdaptiveControl
-from lotsim.dynamics.core import Integrator, KuramotoSystem, NeighbourOperator, OscillatorState, SparseOperator
-from lotsim.dynamics.numba_kernels import _CSR, _JIT, _NEIGHBOURS, _SINCOS_LIMIT, _sincos, operator_arrays
+from lotsim.dynamics.core import Integrator, KuramotoSystem, OscillatorState
+from lotsim.dynamics.numba_kernels import (
+    _CSR,
+    _JIT,
+    _NEIGHBOURS,
+    _SINCOS_LIMIT,
+    _sincos,
+    numba_state,
+    operator_arrays,
+    work_dtype,
+)
 
 _step_factor = njit(**_JIT)(adaptive.step_factor)
 _trial_step = njit(**_JIT)(adaptive.trial_step)
@@ -221,19 +230,9 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: str = "dopri5", dt: f
     n_comp = 2 if inertial else 1
     cache: dict = {}
 
-    def _work_dtype(theta: torch.Tensor) -> torch.dtype:
-        dtype = torch.promote_types(theta.dtype, system.omega.dtype)
-        dtype = torch.promote_types(dtype, system.coupling.dtype)
-        op = system.operator
-        weight = op.weight if isinstance(op, (NeighbourOperator, SparseOperator)) else None
-        return dtype if weight is None else torch.promote_types(dtype, weight.dtype)
-
     def _runs_here(state: OscillatorState) -> bool:
-        tensors = [state.theta] if state.velocity is None else [state.theta, state.velocity]
         theta = state.theta
-        if any(x.device.type != "cpu" or x.requires_grad for x in tensors):
-            return False
-        if theta.ndim != 2 or theta.shape[1] != n or theta.dtype not in (torch.float32, torch.float64):
+        if not numba_state(state, n):
             return False
         try:
             return torch.broadcast_shapes(theta.shape, system.omega.shape, system.coupling.shape) == theta.shape
@@ -267,7 +266,7 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: str = "dopri5", dt: f
             return state
         if not _runs_here(state):
             return reference.step_fn(state, n_steps)
-        dtype = _work_dtype(state.theta)
+        dtype = work_dtype(system, state.theta)
         np_dtype = np.dtype(str(dtype).removeprefix("torch."))
         b = state.theta.shape[0]
         op, par, tab, (K, W, scr) = _arrays(np_dtype, b)

@@ -39,7 +39,15 @@ from lotsim.dynamics.core import (
 )
 from lotsim.dynamics.core import kuramoto_integrator as _torch_integrator
 from lotsim.dynamics.layout_tuner import LayoutTuner
-from lotsim.dynamics.numba_kernels import _BLOCK, _integrate, _integrate_serial, _tableau, operator_arrays
+from lotsim.dynamics.numba_kernels import (
+    _BLOCK,
+    _integrate,
+    _integrate_serial,
+    _tableau,
+    numba_state,
+    operator_arrays,
+    work_dtype,
+)
 
 __all__ = ["supports", "kuramoto_integrator"]
 
@@ -126,25 +134,15 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
             }
         return cache[key]
 
-    def _work_dtype(theta: torch.Tensor) -> torch.dtype:
-        dtype = torch.promote_types(theta.dtype, system.omega.dtype)
-        dtype = torch.promote_types(dtype, system.coupling.dtype)
-        op = system.operator
-        weight = op.weight if isinstance(op, (NeighbourOperator, SparseOperator)) else None
-        return dtype if weight is None else torch.promote_types(dtype, weight.dtype)
-
     def _runs_here(state: OscillatorState) -> bool:
         theta = state.theta
-        tensors = [theta] if state.velocity is None else [theta, state.velocity]
-        if any(t.device.type != "cpu" or t.requires_grad for t in tensors):
-            return False
-        if theta.ndim != 2 or theta.shape[1] != n or theta.dtype not in (torch.float32, torch.float64):
+        if not numba_state(state, n):
             return False
         if inertial and (state.velocity is None or state.velocity.shape != theta.shape):
             return False
         if not _broadcasts(theta.shape):
             return False
-        return sigma == 0.0 or _work_dtype(theta) == theta.dtype  # the noise is drawn in the state's dtype
+        return sigma == 0.0 or work_dtype(system, theta) == theta.dtype  # the noise is drawn in the state's dtype
 
     broadcasts: dict[tuple[int, ...], bool] = {}
 
@@ -185,7 +183,7 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
             return state
         if not _runs_here(state):
             return reference.step_fn(state, n_steps)
-        dtype = _work_dtype(state.theta)
+        dtype = work_dtype(system, state.theta)
         b = state.theta.shape[0]
         p = _parameters(dtype, (b, n))
         np_dtype = p["par"][0].dtype

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import torch
 from numba import njit, prange
 
-from lotsim.dynamics.core import Method, NeighbourOperator, SparseOperator
+from lotsim.dynamics.core import KuramotoSystem, Method, NeighbourOperator, OscillatorState, SparseOperator
 
 _JIT = {"cache": True, "error_model": "numpy", "fastmath": False}
 _BLOCK = 256  # nodes per work item: a block's buffers stay in L1
@@ -445,3 +446,21 @@ def operator_arrays(op, dtype: np.dtype, runs: bool = True) -> tuple:
         scale = float(op.scale)
     return (kind, index, weight, pieces, block_pieces, run_offset, run_weight, indptr, indices, data,
             dtype.type(scale))
+
+
+def work_dtype(system: KuramotoSystem, theta) -> torch.dtype:
+    """The dtype a step computes in: the state's promoted with the system's parameters and weights."""
+    dtype = torch.promote_types(theta.dtype, system.omega.dtype)
+    dtype = torch.promote_types(dtype, system.coupling.dtype)
+    op = system.operator
+    weight = op.weight if isinstance(op, (NeighbourOperator, SparseOperator)) else None
+    return dtype if weight is None else torch.promote_types(dtype, weight.dtype)
+
+
+def numba_state(state: OscillatorState, n: int) -> bool:
+    """Whether a kernel can take ``state``: CPU tensors without gradients, (b, n), float32 or float64."""
+    theta = state.theta
+    tensors = [theta] if state.velocity is None else [theta, state.velocity]
+    if any(t.device.type != "cpu" or t.requires_grad for t in tensors):
+        return False
+    return theta.ndim == 2 and theta.shape[1] == n and theta.dtype in (torch.float32, torch.float64)
