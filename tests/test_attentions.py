@@ -657,3 +657,19 @@ def test_readings_are_compare_arms_with_valid_options(attention):
     qk = make_model(attention, {"score": "qk", "readout": "mean"})
     attn = qk.blocks[0].attn
     assert attn.score_phase is not None and attn.out.in_features == 4 * attn.n_heads * attn.angles
+
+
+@pytest.mark.parametrize("options", [{"n_steps": 1}, {"n_steps": 2, "method": "heun"}, {"n_steps": 0}])
+def test_torus_mean_readout_is_the_circular_mean_of_the_content_phases(options):
+    """readout="mean" reads out sum_u A_tu [cos, sin] theta0_u (reused from the drift's first aggregate)."""
+    model = make_model("torus", {"readout": "mean", **options})
+    _randomise(model)
+    attn = model.blocks[0].attn
+    x, rope = layer_input(model)
+    y, inter = attn(x, rope, return_intermediates=True)
+    theta0 = inter.content_phases  # (b, t, h, m)
+    gate, rate = torch.nn.functional.softplus(attn.gate_raw), attn.rotary_rate
+    weights = causal_softmax(attn.score_weights(x, theta0, gate, rate))  # (b, h, t, u)
+    th = theta0.transpose(1, 2)  # (b, h, t, m)
+    mean = torch.cat([weights @ torch.cos(th), weights @ torch.sin(th)], -1)  # (b, h, t, 2m)
+    torch.testing.assert_close(y, attn.readout(inter.phases, mean), rtol=0, atol=1e-12)

@@ -35,7 +35,7 @@ Legend: ``b`` batch, ``t`` tokens, ``h`` heads, ``m`` angles per head, ``d`` hea
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -70,6 +70,9 @@ class AttentionOperator(CouplingOperator):
     channels: int
     weights: torch.Tensor | None = None
     dropout_p: float = 0.0
+    # the first aggregate's output: every integrator evaluates the drift at the initial state first, so
+    # it is sum_u A_tu (sin, cos) theta0_u, the circular mean ``readout="mean"`` reads out (reused)
+    first: list = field(default_factory=list, compare=False, repr=False)
 
     @property
     def n(self) -> int:
@@ -84,7 +87,10 @@ class AttentionOperator(CouplingOperator):
             out = self.weights @ v
         else:
             out = causal_attention(self.query, self.key, v, scale=1.0, dropout_p=self.dropout_p)
-        return out.reshape(bh, n, f)
+        out = out.reshape(bh, n, f)
+        if not self.first:
+            self.first.append(out)
+        return out
 
     def to(self, device=None, dtype=None):
         def move(w):
@@ -164,9 +170,11 @@ class TorusAttention(PhaseStateAttention):
         theta = integrate(system, state0, method=o.method, dt=o.dt, n_steps=o.n_steps)
         theta = theta.reshape(b, h, t, m).transpose(1, 2)  # -> b t h m
         mean = None
-        if o.readout == "mean":  # sum_u A_tu [cos, sin] theta0_u, channel by channel
-            values = torch.stack([torch.cos(state0), torch.sin(state0)], -1)  # (b h, t m, 2)
-            mean = operator.aggregate(values).reshape(b, h, t, m, 2).transpose(-1, -2).reshape(b, h, t, 2 * m)
+        if o.readout == "mean":  # sum_u A_tu [cos, sin] theta0_u, channel by channel: the drift's first aggregate
+            if not operator.first:  # n_steps = 0: no drift was evaluated
+                operator.aggregate(torch.stack([torch.sin(state0), torch.cos(state0)], -1))
+            sin_cos = operator.first[0]  # (b h, t m, 2): (S, C)
+            mean = sin_cos.flip(-1).reshape(b, h, t, m, 2).transpose(-1, -2).reshape(b, h, t, 2 * m)
         y = self.readout(theta, mean)
         if not return_intermediates:
             return y, None
