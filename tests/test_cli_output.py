@@ -45,3 +45,16 @@ def test_training_prints_the_run_folder_once(monkeypatch):
     train_cli._print_result({"test": test, "steps": 2, "wall_time_s": 1.0, "tokens_per_s": 10.0,
                              "run_dir": "outputs/x/1"}, recipe)
     assert buffer.getvalue().count("outputs/x/1") == 1
+
+
+COMMANDS = (["simulate"], ["sweep"], ["train"], ["eval"], ["export"], ["generate"], ["compare"],
+            ["analyze", "order"], ["analyze", "defects"], ["analyze", "run"], ["analyze", "copy-depth"],
+            ["analyze", "head-lattice"])
+
+
+def test_no_command_shows_a_type_beside_a_flag():
+    for command in COMMANDS:
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (command, result.output)
+        assert "--help" in result.stdout
+        assert "<bool>" not in result.stdout, command

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lotsim import __version__
+from lotsim.cli._common import Command
 from lotsim.cli.analyze import analyze_app
 from lotsim.cli.analyze_run import head_lattice
 from lotsim.cli.analyze_run import run as analyze_run
@@ -43,12 +44,12 @@ def main(
 
 
 app.command(cls=RecipeHelp)(simulate)
-app.command()(sweep)
-app.command()(train)
-app.command(name="eval")(eval_)
-app.command()(export)
-app.command()(generate)
-app.command()(compare)
-analyze_app.command("run")(analyze_run)  # training telemetry: sync order over training
-analyze_app.command("head-lattice")(head_lattice)  # a trained head lattice -> a simulate recipe
+app.command(cls=Command)(sweep)
+app.command(cls=Command)(train)
+app.command(name="eval", cls=Command)(eval_)
+app.command(cls=Command)(export)
+app.command(cls=Command)(generate)
+app.command(cls=Command)(compare)
+analyze_app.command("run", cls=Command)(analyze_run)  # training telemetry: sync order over training
+analyze_app.command("head-lattice", cls=Command)(head_lattice)  # a trained head lattice -> a simulate recipe
 app.add_typer(analyze_app, name="analyze")

@@ -19,11 +19,28 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from typer.core import TyperCommand, TyperOption
 
 stderr = Console(stderr=True, emoji=False)  # ":b:" in a user value stays ":b:"
 stdout = Console(emoji=False)
 
 USAGE_ERROR, RUNTIME_ERROR = 2, 1
+
+
+class Command(TyperCommand):
+    """Every lotsim command: a flag takes no value, so its help shows no ``<bool>`` beside it."""
+
+    def format_help(self, ctx, formatter):
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""
+        return super().format_help(ctx, formatter)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
 
 
 def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:

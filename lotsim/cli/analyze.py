@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from lotsim.cli._common import fail, print_json, print_table, progress_bar, stderr, user_errors, warn
+from lotsim.cli._common import Command, fail, print_json, print_table, progress_bar, stderr, user_errors, warn
 
 analyze_app = typer.Typer(help="Analyse trajectories: order parameters, transitions, phase maps, defects.",
                           no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
@@ -59,7 +59,7 @@ def _done(json_: bool, summary: dict, table) -> None:
         stderr.print(f"plot: [bold]{path}[/bold]")
 
 
-@analyze_app.command()
+@analyze_app.command(cls=Command)
 def order(run: Run, replica: Replica = None, transient: Transient = None,
           max_harmonic: Annotated[int, typer.Option(help="Report harmonics r_1..r_M.")] = 4,
           tol: Annotated[float, typer.Option(help="Locked clusters: effective frequencies agree within tol.")] = 1e-2,
@@ -95,7 +95,7 @@ def order(run: Run, replica: Replica = None, transient: Transient = None,
     _done(json_, summary, table)
 
 
-@analyze_app.command()
+@analyze_app.command(cls=Command)
 def transition(runs: Annotated[list[Path], typer.Argument(help="Sweep files (couplings x seeds); several are combined.",
                                                           show_default=False)],
                transient: Annotated[float | None, typer.Option(help="Average over t >= this (default: second half).")]
@@ -141,7 +141,7 @@ def transition(runs: Annotated[list[Path], typer.Argument(help="Sweep files (cou
     _done(json_, summary, table)
 
 
-@analyze_app.command()
+@analyze_app.command(cls=Command)
 def snapshot(run: Run, frame: Annotated[int, typer.Option(help="Frame index (-1: the last).")] = -1,
              replica: Annotated[int, typer.Option(help="Replica to draw.")] = 0,
              spacetime: Annotated[bool, typer.Option(help="Draw the space-time diagram (phase vs node and time).")]
@@ -161,7 +161,7 @@ def snapshot(run: Run, frame: Annotated[int, typer.Option(help="Frame index (-1:
     _done(json_, {"file": str(run), **result}, None)
 
 
-@analyze_app.command()
+@analyze_app.command(cls=Command)
 def movie(run: Run, out: Annotated[Path | None, typer.Option(help="Movie file: .gif (Pillow) or .mp4 (needs ffmpeg); "
                                                              "default plots/<run>_movie_r<replica>.gif.")] = None,
           replica: Annotated[int, typer.Option(help="Replica to animate.")] = 0,
@@ -179,7 +179,7 @@ def movie(run: Run, out: Annotated[Path | None, typer.Option(help="Movie file: .
     _done(json_, {"file": str(run), **result}, None)
 
 
-@analyze_app.command()
+@analyze_app.command(cls=Command)
 def defects(run: Run, replica: Replica = None, plot: Plot = False, svg: Svg = False, out: OutDir = None,
             max_points: MaxPoints = 1000, group: Group = None, json_: Json = False) -> None:
     """Winding numbers (rings) or vortex/antivortex counts and defect density (2-D lattices) over time."""
@@ -209,7 +209,7 @@ def defects(run: Run, replica: Replica = None, plot: Plot = False, svg: Svg = Fa
     _done(json_, summary, table)
 
 
-@analyze_app.command("copy-depth")
+@analyze_app.command("copy-depth", cls=Command)
 def copy_depth(run: Annotated[Path, typer.Argument(help="Run folder (its best checkpoint) or checkpoint file of "
                                                    "lotsim train.", show_default=False)],
                split: Annotated[str, typer.Option(help="Held-out split: validation or test.")] = "validation",

@@ -10,9 +10,8 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from typer.core import TyperCommand
 
-from lotsim.cli._common import RUNTIME_ERROR, fail, print_json, progress_bar, stderr, stdout, user_errors, warn
+from lotsim.cli._common import RUNTIME_ERROR, Command, fail, print_json, progress_bar, stderr, stdout, user_errors, warn
 
 _LAT, _DYN, _FREQ, _INIT, _OUT = "Lattice", "Dynamics", "Frequencies", "Initial state", "Output"
 
@@ -33,7 +32,7 @@ FLAG_KEYS = {
 ``initial.file``)."""
 
 
-class RecipeHelp(TyperCommand):
+class RecipeHelp(Command):
     """``--help`` shows each recipe flag's default, read from the recipe model when help is asked for
     (so importing the CLI stays cheap and no default is written twice)."""
 
@@ -51,12 +50,6 @@ class RecipeHelp(TyperCommand):
         finally:  # the command object outlives this call (tests invoke it many times)
             for param, default, show in saved:
                 param.default, param.show_default = default, show
-
-    def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""  # a flag takes no value: no "<bool>" beside it
-        return option
 
 
 def _list_keys(value: bool) -> None:
@@ -120,7 +113,7 @@ def simulate(
     shape: Annotated[str | None, typer.Option(help="Grid shape, e.g. 32x32 (rows x cols; hexagonal counts "
                                               "hexagon cells, so 8x8 has 160 nodes open, 128 periodic).",
                                               rich_help_panel=_LAT)] = None,
-    periodic: Annotated[bool | None, typer.Option("--periodic/--open", help="Boundary conditions.", metavar="",
+    periodic: Annotated[bool | None, typer.Option("--periodic/--open", help="Boundary conditions.",
                                                   rich_help_panel=_LAT)] = None,
     weights: Annotated[str | None, typer.Option(help="Edge weights: uniform, exp, power.",
                                                 rich_help_panel=_LAT)] = None,
@@ -176,13 +169,13 @@ def simulate(
                                               rich_help_panel=_OUT)] = None,
     out: Annotated[Path | None, typer.Option(help="Output .h5 file (default outputs/<name>/<time>/traj.h5).",
                                              rich_help_panel=_OUT)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.", metavar="",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.",
                                          rich_help_panel=_OUT)] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.", metavar="",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.",
                                             rich_help_panel=_OUT)] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.", metavar="")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
     list_keys: Annotated[bool, typer.Option("--list-keys", help="List every recipe key with its default and exit.",
-                                            metavar="", callback=_list_keys, is_eager=True)] = False,
+                                            callback=_list_keys, is_eager=True)] = False,
 ) -> None:
     """Simulate Kuramoto oscillators on a lattice and stream the phases to an H5MD file.
 
