@@ -370,3 +370,35 @@ def test_sigterm_to_a_parallel_comparison_stops_every_worker_with_a_checkpoint(t
     assert [p.stat().st_size for p in logs] == sizes, "a worker kept training after the comparison stopped"
     for log in logs:
         assert (log.parent / "checkpoints" / "last.pt").is_file()
+
+
+def test_an_ablation_runs_at_its_full_arms_tuned_rate_on_fewer_seeds(tmp_path):
+    base = load_training_recipe(None, TINY)
+    arms = parse_arms("vanilla,lattice,lattice:no-oscillator")
+    report = run_comparison(base, arms, [0, 1, 2], tmp_path, lrs=[1e-3, 1e-2], tune=True, tune_steps=2, plot=False,
+                            ablation_seeds=2)
+    tuning = report["tuning"]
+    assert tuning["inherited"] == {"lattice:no-oscillator": "lattice"}
+    assert not (tmp_path / "tune" / "steps2" / "lattice:no-oscillator").exists()  # not tuned
+    ablation = report["arms"]["lattice:no-oscillator"]
+    assert ablation["lr"] == report["arms"]["lattice"]["lr"] and ablation["full_arm"] == "lattice"
+    assert ablation["seeds"] == [0, 1] and report["arms"]["lattice"]["seeds"] == [0, 1, 2]
+    loss = ablation["metrics"]["loss"]
+    full = report["arms"]["lattice"]["metrics"]["loss"]["values"][:2]
+    vanilla = report["arms"]["vanilla"]["metrics"]["loss"]["values"][:2]
+    # paired over the ablation's own seeds, against its full arm and against the baseline
+    assert loss["vs_full"]["paired"]["median_difference"] == pytest.approx(float(np.median(np.subtract(loss["values"],
+                                                                                                        full))))
+    assert loss["vs_baseline"]["paired"]["median_difference"] == pytest.approx(
+        float(np.median(np.subtract(loss["values"], vanilla))))
+    assert loss["vs_full"]["n"] == loss["vs_baseline"]["n"] == 2
+    text = (tmp_path / "report.md").read_text()
+    assert "## Ablations: loss" in text and "(lattice's)" in text
+    with pytest.raises(ValueError, match="ablation_seeds=4"):
+        run_comparison(base, arms, [0, 1, 2], tmp_path / "bad", ablation_seeds=4)
+
+
+def test_a_reading_is_tuned_like_any_arm():
+    (reading,) = parse_arms("torus:qk")
+    (ablation,) = parse_arms("torus:no-coupling")
+    assert not reading.is_ablation and ablation.is_ablation

@@ -35,6 +35,9 @@ def compare(
                                        "the full runs then use each arm's best rate.")] = False,
     tune_steps: Annotated[int | None, typer.Option(help="Steps of each tuning run (default: a quarter of "
                                                    "--steps).", show_default=False)] = None,
+    ablation_seeds: Annotated[int | None, typer.Option(help="Seeds of each ablation arm: the first N of --seeds "
+                                                       "(default: all). With --tune an ablation is not tuned: it "
+                                                       "runs at its full arm's rate.", show_default=False)] = None,
     copy_depth: Annotated[bool, typer.Option("--copy-depth", help="Add each arm's test loss by copy depth "
                                              "(lotsim analyze copy-depth) to the report.")] = False,
     baseline: Annotated[str | None, typer.Option(help="Arm the differences are taken against (default "
@@ -59,6 +62,8 @@ def compare(
         raise fail(f"--jobs {jobs} must be >= 1")
     if tune_steps is not None and not tune:
         raise fail("--tune-steps needs --tune")
+    if ablation_seeds is not None and not 1 <= ablation_seeds <= seeds:
+        raise fail(f"--ablation-seeds {ablation_seeds} must be between 1 and --seeds {seeds}")
     if tune_steps is not None and tune_steps < 1:
         raise fail(f"--tune-steps {tune_steps} must be >= 1")
     lrs = None
@@ -100,7 +105,8 @@ def compare(
         try:
             report = run_comparison(base, arm_list, list(range(first, first + seeds)), folder, lrs=lrs,
                                     tune=tune, tune_steps=tune_steps, baseline=baseline, reference=reference,
-                                    callback=on_event, jobs=jobs, copy_depth=copy_depth)
+                                    callback=on_event, jobs=jobs, copy_depth=copy_depth,
+                                    ablation_seeds=ablation_seeds)
         except (TrainingInterrupted, KeyboardInterrupt) as err:
             where = f" at step {err.step} of {err.run_dir}" if isinstance(err, TrainingInterrupted) else ""
             stderr.print(f"[yellow]interrupted[/yellow]{where}. Rerun the same command with --out {folder} to "
@@ -149,6 +155,9 @@ def _print_tables(report: dict) -> None:
         sweep.add_column("arm", justify="right")
         for lr in tuning["lrs"]:
             sweep.add_column(f"{lr:g}", justify="right")
+        for arm, inherited_from in tuning.get("inherited", {}).items():
+            sweep.add_row(arm, *(f"({inherited_from}'s)" if lr == tuning["chosen"][arm] else ""
+                                 for lr in tuning["lrs"]))
         for arm, scores in tuning["validation"].items():
             sweep.add_row(arm, *(f"[bold]{_fmt(scores[str(lr)])}[/bold]" if lr == tuning["chosen"][arm]
                                  else _fmt(scores[str(lr)]) for lr in tuning["lrs"]))

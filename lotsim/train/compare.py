@@ -57,7 +57,26 @@ class Arm:
 
     name: str
     attention: str
-    ablation: str | None = None
+    ablation: str | None = None  # an ablation or a reading (a preset of the variant)
+
+    @property
+    def is_ablation(self) -> bool:
+        """An ablation switches a mechanism off (a reading is another version of the whole variant)."""
+        from lotsim.model import get_attention
+
+        return self.ablation is not None and self.ablation in get_attention(self.attention).ablations
+
+
+def ablation_parents(arms: list[Arm]) -> dict[str, str]:
+    """Ablation arm -> the full arm it ablates: the first arm of the same attention that is not an
+    ablation (``torus`` or a reading such as ``torus:qk-mean``); ablations with no such arm are absent."""
+    parents = {}
+    for arm in arms:
+        if arm.is_ablation:
+            parent = next((a.name for a in arms if a.attention == arm.attention and not a.is_ablation), None)
+            if parent is not None:
+                parents[arm.name] = parent
+    return parents
 
 
 def parse_arms(spec: str | list[str]) -> list[Arm]:
@@ -191,7 +210,7 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
                    lrs: list[float] | None = None, tune: bool = False, tune_steps: int | None = None,
                    baseline: str | None = None, reference: str | None = None,
                    callback: Callable[[dict], None] | None = None, plot: bool = True, jobs: int = 1,
-                   copy_depth: bool = False) -> dict[str, Any]:
+                   copy_depth: bool = False, ablation_seeds: int | None = None) -> dict[str, Any]:
     """Train every arm x lr x seed (or tune each arm's lr first), compare test metrics.
 
     Args:
@@ -202,7 +221,9 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
         lrs: learning rates swept for EVERY arm (default: the recipe's; with ``tune``: :data:`TUNE_LRS`).
         tune: the tuning protocol: each arm first runs every rate of ``lrs`` on the first seed for
             ``tune_steps`` steps, scored on VALIDATION (the test split is not evaluated); the full runs
-            (every seed, the full budget) then use each arm's best rate. Without ``tune`` every arm
+            (every seed, the full budget) then use each arm's best rate. An ablation arm whose full arm
+            is in the comparison (:func:`ablation_parents`) is not tuned: it runs at its full arm's
+            rate, so it measures what switching the mechanism off costs at that setting. Without ``tune`` every arm
             runs every rate at every seed and full budget, and the rate is chosen on the mean
             validation score over seeds.
         tune_steps: steps of a tuning run (default ``steps // 4``, at least 1).
@@ -218,6 +239,8 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
             count does not change; tokens/s measured side by side are not comparable across runs.
         copy_depth: add each arm's copy-depth breakdown of the test loss (mean over seeds) to the report
             (and ``copy_depth.png`` with ``plot``).
+        ablation_seeds: ablation arms run only the first this many seeds (default: all); their
+            differences to the baseline and to their full arm are paired over those seeds.
 
     Returns:
         The report (also written to ``report.json`` / ``report.md``).
@@ -234,7 +257,11 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
         raise ValueError(f"baseline {baseline!r} is not among the arms: {', '.join(names)}")
     if jobs < 1:
         raise ValueError(f"jobs={jobs} must be >= 1")
+    if ablation_seeds is not None and not 1 <= ablation_seeds <= len(seeds):
+        raise ValueError(f"ablation_seeds={ablation_seeds} must be between 1 and the {len(seeds)} seeds")
     recipes, params = arm_recipes(base, arms, reference)
+    parents = ablation_parents(arms)
+    arm_seeds = {a.name: seeds[:ablation_seeds] if a.is_ablation and ablation_seeds else seeds for a in arms}
     emit = callback or (lambda event: None)
     out_dir.mkdir(parents=True, exist_ok=True)
     stored, text = out_dir / "recipe.base.toml", recipe_to_toml(base)
@@ -252,21 +279,23 @@ def run_comparison(base: TrainingRecipe, arms: list[Arm], seeds: list[int], out_
 
     tuning = None
     if tune:
-        sweep = _execute([plan(arm, lr, seeds[0], True) for arm in names for lr in lrs], jobs, emit)
-        table = {arm: {lr: [sweep[(arm, lr, seeds[0])]] for lr in lrs} for arm in names}
-        chosen = {arm: choose_lr(table[arm], base.train.lower_is_better) for arm in names}
-        tuning = {"seed": seeds[0], "steps": tune_steps, "lrs": lrs, "chosen": chosen,
-                  "validation": {arm: {str(lr): table[arm][lr][0]["validation_best"] for lr in lrs} for arm in names},
-                  "runs": {arm: {str(lr): table[arm][lr][0]["run_dir"] for lr in lrs} for arm in names}}
+        tuned = [arm for arm in names if arm not in parents]
+        sweep = _execute([plan(arm, lr, seeds[0], True) for arm in tuned for lr in lrs], jobs, emit)
+        table = {arm: {lr: [sweep[(arm, lr, seeds[0])]] for lr in lrs} for arm in tuned}
+        chosen = {arm: choose_lr(table[arm], base.train.lower_is_better) for arm in tuned}
+        chosen.update({arm: chosen[parent] for arm, parent in parents.items()})
+        tuning = {"seed": seeds[0], "steps": tune_steps, "lrs": lrs, "chosen": chosen, "inherited": parents,
+                  "validation": {arm: {str(lr): table[arm][lr][0]["validation_best"] for lr in lrs} for arm in tuned},
+                  "runs": {arm: {str(lr): table[arm][lr][0]["run_dir"] for lr in lrs} for arm in tuned}}
         full_lrs = {arm: [chosen[arm]] for arm in names}
     else:
         full_lrs = {arm: lrs for arm in names}
-    records = _execute([plan(arm, lr, seed, False) for arm in names for lr in full_lrs[arm] for seed in seeds],
+    records = _execute([plan(arm, lr, seed, False) for arm in names for lr in full_lrs[arm] for seed in arm_seeds[arm]],
                        jobs, emit)
-    runs = {arm: {lr: [records[(arm, lr, seed)] for seed in seeds] for lr in full_lrs[arm]} for arm in names}
+    runs = {arm: {lr: [records[(arm, lr, seed)] for seed in arm_seeds[arm]] for lr in full_lrs[arm]} for arm in names}
     if not tune:
         chosen = {arm: choose_lr(runs[arm], base.train.lower_is_better) for arm in names}
-    report = build_report(base, runs, chosen, params, baseline, seeds, lrs, tuning=tuning)
+    report = build_report(base, runs, chosen, params, baseline, seeds, lrs, tuning=tuning, parents=parents)
     if copy_depth:
         report["copy_depth"] = _copy_depth_of(report)
     (out_dir / "report.json").write_text(json.dumps(_finite(report), indent=2) + "\n")
@@ -473,8 +502,12 @@ def validation_slope(run_dir: str | Path, steps: int, metric: str = "loss", frac
 
 
 def build_report(base: TrainingRecipe, runs: dict, chosen: dict, params: dict, baseline: str, seeds: list[int],
-                 lrs: list[float], tuning: dict | None = None) -> dict[str, Any]:
-    """The comparison's numbers (see :func:`run_comparison`)."""
+                 lrs: list[float], tuning: dict | None = None, parents: dict[str, str] | None = None
+                 ) -> dict[str, Any]:
+    """The comparison's numbers (see :func:`run_comparison`). Differences pair the runs of equal seeds
+    (an arm with fewer seeds is paired over those); an ablation arm also gets ``vs_full``, its paired
+    difference to the full arm in ``parents``."""
+    parents = parents or {}
     arms = list(runs)
     selected = {arm: runs[arm][chosen[arm]] for arm in arms}
     metric_names = sorted(set.union(*(set(r["test"]) for arm in arms for r in selected[arm])))
@@ -505,7 +538,7 @@ def build_report(base: TrainingRecipe, runs: dict, chosen: dict, params: dict, b
         entry = {
             "lr": chosen[arm], "parameters": params[arm],
             "tokens_per_s": describe([r["tokens_per_s"] for r in rows]),
-            "runs": [r["run_dir"] for r in rows],
+            "runs": [r["run_dir"] for r in rows], "seeds": [r["seed"] for r in rows],
             "lr_sweep": {str(lr): statistics.fmean(r["validation_best"] for r in runs[arm][lr]) for lr in runs[arm]},
             "metrics": {},
         }
@@ -514,15 +547,29 @@ def build_report(base: TrainingRecipe, runs: dict, chosen: dict, params: dict, b
             if not all(metric in r["test"] for r in rows) or (silent and metric.startswith("sync_order")):
                 continue  # sync_order: arms whose phases act only
             entry["metrics"][metric] = describe([r["test"][metric] for r in rows])
+        if arm in parents:
+            entry["full_arm"] = parents[arm]
         report["arms"][arm] = entry
+
+    def paired(arm: str, other: str, metric: str, family_size: int) -> dict[str, Any]:
+        theirs = {r["seed"]: r["test"][metric] for r in selected[other]}
+        shared = [r for r in selected[arm] if r["seed"] in theirs]
+        return difference([r["test"][metric] for r in shared], [theirs[r["seed"]] for r in shared],
+                          family_size=family_size)
+
     for metric in metric_names:  # differences to the baseline; Holm across the arms of one metric
+        ablated = [arm for arm, parent in parents.items()
+                   if metric in report["arms"][arm]["metrics"] and metric in report["arms"][parent]["metrics"]]
+        for arm in ablated:
+            report["arms"][arm]["metrics"][metric]["vs_full"] = paired(arm, parents[arm], metric, len(ablated))
+        for arm, p in zip(ablated, holm([report["arms"][a]["metrics"][metric]["vs_full"]["paired"]["p"]
+                                         for a in ablated])):
+            report["arms"][arm]["metrics"][metric]["vs_full"]["paired"]["p_holm"] = p
         if metric not in report["arms"][baseline]["metrics"]:
             continue
         others = [arm for arm in arms if arm != baseline and metric in report["arms"][arm]["metrics"]]
-        base_values = report["arms"][baseline]["metrics"][metric]["values"]
         for arm in others:
-            stats_ = report["arms"][arm]["metrics"][metric]
-            stats_["vs_baseline"] = difference(stats_["values"], base_values, family_size=len(others))
+            report["arms"][arm]["metrics"][metric]["vs_baseline"] = paired(arm, baseline, metric, len(others))
         adjusted = holm([report["arms"][arm]["metrics"][metric]["vs_baseline"]["paired"]["p"] for arm in others])
         for arm, p in zip(others, adjusted):
             report["arms"][arm]["metrics"][metric]["vs_baseline"]["paired"]["p_holm"] = p
@@ -614,6 +661,10 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += ["", title, "", "| arm | " + " | ".join(f"lr {lr:g}" for lr in sweep_lrs) + " | chosen |",
                   "|---|" + "---|" * (len(sweep_lrs) + 1)]
         for arm, e in report["arms"].items():
+            if tuning and arm not in tuning["validation"]:
+                blank = " | ".join("" for _ in sweep_lrs)
+                lines.append(f"| {arm} | {blank} | {e['lr']:g} ({e['full_arm']}'s) |")
+                continue
             scores = tuning["validation"][arm] if tuning else e["lr_sweep"]
             cells = [f"**{_fmt(scores[str(lr)])}**" if lr == e["lr"] else _fmt(scores[str(lr)]) for lr in sweep_lrs]
             lines.append(f"| {arm} | " + " | ".join(cells) + f" | {e['lr']:g} |")
@@ -647,6 +698,19 @@ def report_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {arm} | {s['n']} | {_fmt(s['mean'])} ± {_fmt(s['sd'], 2)} | {_fmt(s['median'])} {tail}")
         if mark:
             lines += ["", f"† {_caveats(n)[-1]}."]
+    ablations = [(arm, e) for arm, e in report["arms"].items() if "full_arm" in e]
+    for metric in report["metrics"] if ablations else []:
+        lines += ["", f"## Ablations: {metric}, Δ = ablation − its full arm (paired over the ablation's seeds; "
+                      "Holm across ablations)", "",
+                  "| ablation | full arm | n | Δ mean | Δ median | 95% CI (paired) | p (paired) | p Holm |",
+                  "|---" * 8 + "|"]
+        for arm, e in ablations:
+            v = e["metrics"].get(metric, {}).get("vs_full")
+            if v is not None:
+                pv = v["paired"]
+                lines.append(f"| {arm} | {e['full_arm']} | {v['n']} | {_fmt(v['mean_difference'])} | "
+                             f"{_fmt(pv['median_difference'])} | {_ci(pv['ci'])} | {_fmt(pv['p'], 3)} | "
+                             f"{_fmt(pv['p_holm'], 3)} |")
     if report.get("copy_depth"):
         from lotsim.analysis.copy_depth import breakdown_markdown
 
