@@ -402,3 +402,24 @@ def test_a_reading_is_tuned_like_any_arm():
     (reading,) = parse_arms("torus:qk")
     (ablation,) = parse_arms("torus:no-coupling")
     assert not reading.is_ablation and ablation.is_ablation
+
+
+def test_the_verdict_script_runs_every_variant_and_its_ablation_on_both_corpora():
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from lotsim.model import available_attentions
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "arena" / "verdict.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    text = script.read_text()
+    arms = parse_arms(re.search(r"^arms=(\S+)", text, re.M)[1] + "," + re.search(r"^ablations=(\S+)", text, re.M)[1])
+    full = {a.attention for a in arms if not a.is_ablation}
+    assert full == set(available_attentions())
+    assert {a.attention for a in arms if a.is_ablation} == full - {"vanilla"}
+    for name in ("arena_char_lm.toml", "arena_code_lm.toml", "enwik8_1m.toml"):
+        assert name in text
+    code = load_training_recipe(root / "recipes" / "arena_code_lm.toml")  # the stdlib: on every machine
+    assert code.task.level == "byte" and code.model.d_model == 128 and code.task.seq_len == 64
