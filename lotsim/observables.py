@@ -177,6 +177,9 @@ class LockedClusters:
         widths: [c] max - min effective frequency within each locked cluster.
         locked_fraction: Fraction of oscillators in the largest locked cluster (0 if none).
         tol: The frequency tolerance used.
+        coincident: Groups of at least two oscillators whose natural frequencies were already as close
+            (within ``tol``) as their effective ones: drifting side by side, not pulled together by the
+            coupling, so not counted as locked (0 when no natural frequencies were given, or all are identical).
     """
 
     labels: np.ndarray
@@ -185,9 +188,10 @@ class LockedClusters:
     widths: np.ndarray
     locked_fraction: float
     tol: float
+    coincident: int = 0
 
 
-def frequency_clusters(omega_eff: np.ndarray, tol: float = 1e-2) -> LockedClusters:
+def frequency_clusters(omega_eff: np.ndarray, tol: float = 1e-2, omega: np.ndarray | None = None) -> LockedClusters:
     """Frequency-locked clusters: oscillators whose effective frequencies agree within ``tol``.
 
     Rule: every cluster spans at most ``tol`` (max - min). Sort the frequencies and cut wherever two
@@ -200,9 +204,18 @@ def frequency_clusters(omega_eff: np.ndarray, tol: float = 1e-2) -> LockedCluste
     finite-time error of locked oscillators (about wobble amplitude / averaging time) and stay below the
     frequency gaps between distinct clusters. NaN frequencies are singletons.
 
+    With heterogeneous natural frequencies ``omega``, a dense population has many neighbours within
+    ``tol`` by chance (below K_c, 1000 Lorentzian oscillators form hundreds of such groups): a group
+    whose natural frequencies already agree within ``tol`` drifts at those frequencies side by side and
+    is the uncoupled system's grouping, not locking; it is counted in ``coincident``, not as a locked
+    cluster. Locking means the coupling pulled frequencies together: the members' natural frequencies
+    span more than their effective frequencies do, by over ``tol``. With identical natural frequencies
+    every group counts.
+
     Args:
         omega_eff: Effective frequencies [n].
         tol: Absolute tolerance (rad per unit time), > 0.
+        omega: Natural frequencies [n] (optional; see above).
 
     Returns:
         A :class:`LockedClusters`.
@@ -249,10 +262,18 @@ def frequency_clusters(omega_eff: np.ndarray, tol: float = 1e-2) -> LockedCluste
     labels = np.empty(n, dtype=np.int64)
     labels[order] = relabel[raw]
     locked = rank[counts[rank] >= 2]
+    coincident = 0
+    if omega is not None and locked.size:
+        natural = np.asarray(omega, dtype=np.float64).reshape(-1)[order]
+        if np.ptp(natural) > 0:  # heterogeneous: drop the groups the uncoupled system would show
+            natural_span = np.maximum.reduceat(natural, first) - np.minimum.reduceat(natural, first)
+            pulled = natural_span[locked] > spans[locked] + tol
+            coincident = int((~pulled).sum())
+            locked = locked[pulled]
     sizes, freqs = counts[locked], means[locked]
     fraction = float(sizes[0] / n) if sizes.size else 0.0
     return LockedClusters(labels=labels, sizes=sizes, frequencies=freqs, widths=spans[locked],
-                          locked_fraction=fraction, tol=float(tol))
+                          locked_fraction=fraction, tol=float(tol), coincident=coincident)
 
 
 # ----------------------------------------------------------------------------- transients

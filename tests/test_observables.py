@@ -200,3 +200,19 @@ def test_random_phases_put_a_defect_on_one_plaquette_in_three():
     charges = obs.face_charges(np.random.default_rng(5).uniform(0, 2 * math.pi, (4, 10000)), faces)
     assert (charges == 1).mean() == pytest.approx(1 / 6, abs=0.01)
     assert (charges == -1).mean() == pytest.approx(1 / 6, abs=0.01)
+
+
+def test_drifters_with_nearby_natural_frequencies_are_not_locked_clusters():
+    """Below K_c a dense Lorentzian population has many neighbours within tol by chance: they drift at
+    their own frequencies side by side (omega_eff ~ omega), which the coupling did not cause."""
+    rng = np.random.default_rng(0)
+    omega = 0.5 * np.tan(np.pi * (rng.random(1000) - 0.5))  # Lorentzian, gamma 0.5
+    drifting = obs.frequency_clusters(omega * 0.98, tol=0.01)  # incoherent: each near its own frequency
+    assert drifting.sizes.size > 100  # what a frequency-only rule calls "locked clusters"
+    judged = obs.frequency_clusters(omega * 0.98, tol=0.01, omega=omega)
+    assert judged.sizes.size == 0 and judged.locked_fraction == 0.0 and judged.coincident == drifting.sizes.size
+    locked = np.where(np.abs(omega) < 0.3, 0.0, omega * 0.98)  # a core pulled to the mean frequency
+    core = obs.frequency_clusters(locked, tol=0.01, omega=omega)
+    assert core.sizes[0] == np.sum(np.abs(omega) < 0.3) and core.locked_fraction == pytest.approx(core.sizes[0] / 1000)
+    same = obs.frequency_clusters(np.zeros(50), tol=0.01, omega=np.full(50, 0.3))  # identical: all count
+    assert list(same.sizes) == [50] and same.coincident == 0

@@ -111,12 +111,13 @@ class OrderReport:
                 row.update({
                     "omega_eff_mean": float(self.omega_eff[k].mean()), "omega_eff_sd": float(self.omega_eff[k].std()),
                     "locked_fraction": cl.locked_fraction, "n_locked_clusters": int(cl.sizes.size),
+                    "n_coincident_groups": cl.coincident,
                     "clusters": [{"size": int(s), "frequency": float(f), "width": float(w)}
                                  for s, f, w in zip(cl.sizes[:20], cl.frequencies, cl.widths)],
                 })
             else:
                 row.update({"omega_eff_mean": None, "omega_eff_sd": None, "locked_fraction": None,
-                            "n_locked_clusters": None, "clusters": []})
+                            "n_locked_clusters": None, "n_coincident_groups": None, "clusters": []})
             pot = {"defined": self.potential is not None, "reason": self.potential_reason,
                    "monotone_expected": self.potential_monotone_expected}
             if self.potential is not None:
@@ -243,7 +244,8 @@ def analyze_order(path, *, replica: int | None = None, transient: float | None =
         monotone = reason is None and identical and not dyn.get("noise") and not dyn.get("inertia")
         series = _stream(traj, info, reps, start, max_harmonic, reason, frequency_method, chunk_frames, progress)
     omega_eff = series.pop("omega_eff")
-    clusters = [obs.frequency_clusters(w, tol) for w in omega_eff] if omega_eff is not None else []
+    clusters = ([obs.frequency_clusters(w, tol, None if omega is None else omega[i]) for i, w in enumerate(omega_eff)]
+                if omega_eff is not None else [])
     theory, theory_reason = theory_for_run(info)
     return OrderReport(
         info=info, replicas=reps, start=start, transient_detected=detected, potential_reason=reason,

@@ -91,7 +91,8 @@ def order(run: Run, replica: Replica = None, transient: Transient = None,
                       _fmt(row["local_order_mean"], ".3f"), _fmt(row["locked_fraction"], ".3f"),
                       str(row["n_locked_clusters"] or 0), _fmt(pot.get("final"), ".4g") if pot["defined"] else "n/a")
     table.caption = ("t*: end of the transient; locked: share of the largest cluster of equal effective "
-                     f"frequencies (tol {summary['lock_tol']:g}); V: Lyapunov potential")
+                     f"frequencies (tol {summary['lock_tol']:g}) pulled together by the coupling (groups whose "
+                     "natural frequencies already agree are drifting, not locked); V: Lyapunov potential")
     _done(json_, summary, table)
 
 
