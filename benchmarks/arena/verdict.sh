@@ -8,7 +8,7 @@
 #
 # CPU sizing (2 cores, two trainings at once, one torch thread each): per corpus 6 arms x (5 seeds + a
 # 5-rate sweep at a quarter budget) + 5 ablations x 3 seeds = 56.5 run-equivalents; the oscillator arms
-# run at 0.4-0.9x vanilla's speed. At 2000 steps (text) and 1000 steps (code) that is about 4.2 + 2.1
+# run at 0.4-0.9x vanilla's speed. At 2000 steps (text) and 800 steps (code) that is about 4.2 + 1.7
 # core-hours from scratch. Finished runs in OUT_DIR are reused: rerun the same command to continue.
 # Each corpus writes OUT_DIR/<corpus>/report.md (+ report.json, comparison.png, copy_depth.png).
 set -euo pipefail
@@ -27,4 +27,4 @@ if [[ ${PRESET:-cpu} == paper ]]; then
 fi
 lotsim compare "$here/recipes/arena_char_lm.toml" --set "task.path=\"$(realpath "$text")\"" --steps 2000 \
     "${common[@]}" --out "$out/text"
-lotsim compare "$here/recipes/arena_code_lm.toml" --steps 1000 "${common[@]}" --out "$out/code"
+lotsim compare "$here/recipes/arena_code_lm.toml" --steps 800 "${common[@]}" --out "$out/code"
