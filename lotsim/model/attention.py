@@ -183,11 +183,13 @@ class QKVAttention(Attention):
         self.qkv = nn.Linear(self.d_model, 3 * self.d_model, bias=False)
         self.out = nn.Linear(self.d_model, self.d_model, bias=False)
 
-    def project_qkv(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(b, t, D) -> q, k, v each (b, h, t, d), RoPE applied to q and k."""
+    def project_qkv(self, x: torch.Tensor, rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(b, t, D) -> q, k, v each (b, h, t, d), RoPE applied to q and k (none when ``rope`` is None)."""
         b, t, _ = x.shape
         qkv = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim)  # b t (3 h d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (b, h, t, d)
+        if rope is None:
+            return q, k, v
         return apply_rope(q, rope), apply_rope(k, rope), v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

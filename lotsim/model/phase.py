@@ -125,9 +125,15 @@ def heads_first(phases: torch.Tensor) -> torch.Tensor:
 # Causal attention
 
 
-def causal_mask(t: int, device: torch.device | str | None = None, *, strict: bool = False) -> torch.Tensor:
-    """(t, t) bool, True where key u is NOT visible from query t: u > t (``strict``: u >= t)."""
-    return torch.ones(t, t, dtype=torch.bool, device=device).triu(0 if strict else 1)
+def causal_mask(t: int, device: torch.device | str | None = None, *, strict: bool = False, keys: int | None = None,
+                query_start: int = 0) -> torch.Tensor:
+    """(t, keys) bool, True where key u is NOT visible from the query at position p: u > p
+    (``strict``: u >= p).
+
+    The default is the (t, t) square (query row i at position i); a block of ``t`` query rows at
+    positions ``query_start ..`` against the keys ``0 .. keys - 1`` gives those rows of the square.
+    """
+    return torch.ones(t, keys or t, dtype=torch.bool, device=device).triu(query_start + (0 if strict else 1))
 
 
 def causal_softmax(scores: torch.Tensor, strict: bool = False) -> torch.Tensor:
