@@ -130,6 +130,11 @@ class Attention(nn.Module):
         self.layer = layer
         self.options = options
 
+    @property
+    def attention_dropout(self) -> float:
+        """The dropout on attention weights: the config's in training, 0 in eval mode."""
+        return self.dropout if self.training else 0.0
+
     @classmethod
     def check_config(cls, config: ModelConfig, options: AttentionOptions) -> None:
         """Validate the variant against the trunk config; raise ValueError (one line) if it does
@@ -195,7 +200,7 @@ class QKVAttention(Attention):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                scale: float | None = None) -> torch.Tensor:
         """Causal SDPA, (b, h, t, e) x3 -> (b, h, t, e); scale None = 1/sqrt(e); dropout only in training."""
-        return causal_attention(q, k, v, scale=scale, dropout_p=self.dropout if self.training else 0.0)
+        return causal_attention(q, k, v, scale=scale, dropout_p=self.attention_dropout)
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
         """(b, h, t, d) -> output projection of (b, t, D)."""

@@ -37,7 +37,14 @@ from lotsim.dynamics.core import order_parameter
 from lotsim.model.attention import Attention, AttentionOptions, PhaseIntermediates
 from lotsim.model.interventions import apply_intervention
 from lotsim.model.oracles import materialised_scores
-from lotsim.model.phase import advance, content_phases, heads_first, inverse_softplus, phase_features
+from lotsim.model.phase import (
+    advance,
+    content_phases,
+    heads_first,
+    init_content_projection,
+    inverse_softplus,
+    phase_features,
+)
 
 
 def drifted_features(theta: torch.Tensor, rotary_rate: torch.Tensor, gate: torch.Tensor,
@@ -142,9 +149,9 @@ class PhaseStateAttention(Attention):
     @torch.no_grad()
     def init_parameters(self, std: float) -> None:
         """Phase projections ~ N(0, 1/D) (unit-size complex pairs), gates, RoPE-spectrum rotary rates."""
-        nn.init.normal_(self.phase.weight, std=1.0 / math.sqrt(self.d_model))
+        init_content_projection(self.phase)
         if self.score_phase is not None:
-            nn.init.normal_(self.score_phase.weight, std=1.0 / math.sqrt(self.d_model))
+            init_content_projection(self.score_phase)
         gate = self.options.gate_init or 1.0 / math.sqrt(self.angles)
         self.gate_raw.fill_(inverse_softplus(gate))
         c = torch.arange(self.angles, dtype=self.rotary_rate.dtype, device=self.rotary_rate.device)
