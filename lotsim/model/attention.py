@@ -15,6 +15,8 @@ The contract (every variant, every mode):
   an error that names the key.
 * ``regularization_losses(intermediates) -> dict[str, Tensor]``: named scalar losses with real
   gradients (the training recipe weighs them by name); empty by default.
+* ``migrate_options(options, weights)``: a checkpoint's stored options completed from its weights
+  where it predates an option (the checkpoint reader calls it); unchanged by default.
 * ``interventions``: a mapping ``{name: value}`` of inference-time overrides the forward consults
   (e.g. ``{"gain": 0.0}`` switches the lattice variant's phase term off). A variant lists the names
   it understands in ``intervention_names``; any other name is an error. Every name takes a number,
@@ -129,6 +131,13 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.layer = layer
         self.options = options
+
+    @classmethod
+    def migrate_options(cls, options: Mapping[str, Any], weights: Mapping[str, Any]) -> dict[str, Any]:
+        """The stored ``attention_options`` of a checkpoint, completed with what its ``weights`` (a model
+        state_dict) say about options that did not exist when it was written; the checkpoint reader
+        uses it so an old checkpoint loads with the reading it was trained with. Default: unchanged."""
+        return dict(options)
 
     @property
     def attention_dropout(self) -> float:

@@ -135,6 +135,25 @@ class PhaseStateAttention(Attention):
         "qk-mean": {"options": {"score": "qk", "readout": "mean"}},  # the default
     }
 
+    @classmethod
+    def migrate_options(cls, options: Mapping[str, Any], weights: Mapping[str, Any]) -> dict[str, Any]:
+        """Checkpoints written before ``score`` and ``readout`` existed hold the reading ``shared`` +
+        ``phase`` and store neither key, as newer ones trained with the defaults do not either; a missing
+        key is read from the weights: ``score_phase`` weights mean ``qk`` (else ``shared``), an ``out``
+        projection twice as wide as ``phase`` means ``mean`` (else ``phase``). Set only where the weights
+        disagree with the default."""
+        def first(suffix: str) -> Any:
+            return next((value for key, value in weights.items() if key.endswith(suffix)), None)
+
+        phase, out = first(".attn.phase.weight"), first(".attn.out.weight")
+        if phase is None or out is None:
+            return dict(options)  # not this attention's weights: loading reports the mismatch
+        trained = {"score": "qk" if first(".attn.score_phase.weight") is not None else "shared",
+                   "readout": "mean" if out.shape[1] == 2 * phase.shape[0] else "phase"}
+        defaults = cls.Options.model_fields
+        missing = {key: value for key, value in trained.items() if key not in options}
+        return {**{key: value for key, value in missing.items() if value != defaults[key].default}, **options}
+
     def __init__(self, config, options: PhaseStateOptions, layer: int = 0):
         super().__init__(config, options, layer)
         self.angles = options.angles or self.head_dim // 2
