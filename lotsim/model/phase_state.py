@@ -138,10 +138,10 @@ class PhaseStateAttention(Attention):
     @classmethod
     def migrate_options(cls, options: Mapping[str, Any], weights: Mapping[str, Any]) -> dict[str, Any]:
         """Checkpoints written before ``score`` and ``readout`` existed hold the reading ``shared`` +
-        ``phase`` and store neither key, as newer ones trained with the defaults do not either; a missing
-        key is read from the weights: ``score_phase`` weights mean ``qk`` (else ``shared``), an ``out``
-        projection twice as wide as ``phase`` means ``mean`` (else ``phase``). Set only where the weights
-        disagree with the default."""
+        ``phase`` and store neither key; newer ones trained with the defaults store neither key either.
+        So a missing key is read from the weights: ``score_phase`` weights mean ``qk`` (else ``shared``),
+        an ``out`` projection twice as wide as ``phase`` means ``mean`` (else ``phase``); it is set only
+        where the weights disagree with the default."""
         def first(suffix: str) -> Any:
             return next((value for key, value in weights.items() if key.endswith(suffix)), None)
 
