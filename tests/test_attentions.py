@@ -29,11 +29,19 @@ from lotsim.model import (
 )
 from lotsim.model.fsn import frustrated_coupling, harmonic_values
 from lotsim.model.oracles import materialised_phase_attention, materialised_prefix_statistics, materialised_scores
-from lotsim.model.phase import causal_softmax, fused_phase_attention
+from lotsim.model.phase import causal_mask, causal_softmax, frequency_spectrum, fused_phase_attention
 from lotsim.model.phase_state import drifted_features
 from lotsim.model.pma import prefix_statistics
 from lotsim.model.rope import Rope
-from lotsim.model.ssa import _use_flex, chunked_ssa, flex_ssa, locking, materialised_ssa, ssa_score_mod
+from lotsim.model.ssa import (
+    SSAAttention,
+    _use_flex,
+    chunked_ssa,
+    flex_ssa,
+    locking,
+    materialised_ssa,
+    ssa_score_mod,
+)
 
 B, T, V = 2, 10, 29
 BASE = dict(vocab_size=V, seq_len=16, d_model=32, n_layers=2, n_heads=4)
@@ -376,6 +384,34 @@ def test_ssa_frequencies_are_a_positional_encoding():
     step = torch.diff(inter.omega, dim=1)  # (b, t - 1, h): Omega_h plus a small content shift
     frequency = model.blocks[0].attn.sequence_frequency
     torch.testing.assert_close(step, frequency.expand_as(step), rtol=0, atol=0.5)
+
+
+def test_ssa_interventions_take_numbers_tensors_and_callables_alike():
+    """ssa's quantities go through the shared intervention mechanism: a number, a tensor and a callable
+    that give the same value agree exactly, each changes the output, and the telemetry reports the
+    value used. The sequence frequencies start at the shared spectrum."""
+    model = make_model("ssa").eval()
+    spectrum = frequency_spectrum(BASE["n_heads"], BASE["seq_len"]).double()  # initialised in float32
+    torch.testing.assert_close(model.blocks[0].attn.sequence_frequency.detach(), spectrum, rtol=0, atol=0)
+    idx = tokens()
+    base = model(idx).logits
+    for name in SSAAttention.intervention_names:
+        forms = (0.3, torch.tensor(0.3, dtype=torch.float64), lambda current: torch.full_like(current, 0.3))
+        outs = [model(idx, return_intermediates=True, interventions=every_layer({name: form})) for form in forms]
+        for out in outs[1:]:
+            assert torch.equal(out.logits, outs[0].logits), name
+        assert (outs[0].logits - base).abs().max() > 1e-6, name
+        used = getattr(outs[0].intermediates[0], name)
+        torch.testing.assert_close(used, torch.full_like(used, 0.3), rtol=0, atol=0, msg=name)
+
+
+def test_causal_mask_block_is_rows_of_the_square():
+    """The offset block a chunk of query rows uses is exactly those rows of the square mask."""
+    for strict in (False, True):
+        square = causal_mask(9, strict=strict)
+        for start, rows in ((0, 9), (0, 4), (3, 4), (5, 4)):
+            block = causal_mask(rows, strict=strict, keys=start + rows, query_start=start)
+            assert torch.equal(block, square[start:start + rows, :start + rows]), (strict, start, rows)
 
 
 # --------------------------------------------------------------------------------------------------

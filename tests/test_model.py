@@ -40,8 +40,8 @@ from lotsim.model import (
     unregister_attention,
     write_simulation_inputs,
 )
-from lotsim.model.head_lattice import causal_decayed_mean
 from lotsim.model.rope import Rope, apply_rope, rope_tables
+from lotsim.model.sequence_mode import causal_decayed_mean
 from lotsim.model.transformer import RMSNorm
 
 B, T, V = 2, 12, 37

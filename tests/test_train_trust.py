@@ -111,6 +111,52 @@ def test_version_1_checkpoint_is_refused_then_migrated_with_allow_code(tmp_path,
     assert load_checkpoint(tmp_path / "new.pt")["step"] == state["step"]  # plain values: the safe loader reads it
 
 
+# (reading as trained, options stored): written before score and readout existed; before readout
+# existed; with today's defaults (which store neither key either)
+OPTION_HISTORY = [({"score": "shared", "readout": "phase"}, {}), ({"score": "qk", "readout": "phase"}, {"score": "qk"}),
+                  ({"score": "qk", "readout": "mean"}, {})]
+
+
+@pytest.mark.parametrize("attention", ["torus", "fsn"])
+@pytest.mark.parametrize(("trained", "stored"), OPTION_HISTORY)
+def test_checkpoint_from_before_an_option_existed_loads_with_its_reading(tmp_path, caplog, attention, trained,
+                                                                         stored):
+    """A torus/fsn checkpoint whose stored config lacks ``score``/``readout`` loads with the reading its
+    weights were trained with (old: shared + phase, said in one logged line), gives the outputs it
+    gave before saving, and every reader (eval, export, resume) sees the migrated recipe; one trained
+    with today's defaults loads unchanged and silently."""
+    import logging
+
+    from lotsim.config import recipe_to_dict
+    from lotsim.model import LOTModel
+    from lotsim.train import model_from_checkpoint
+    from lotsim.train.recipe import recipe_from_toml
+
+    recipe = load_training_recipe(None, TINY, updates={"model": {"attention": attention, "attention_options": trained}})
+    torch.manual_seed(0)
+    model = LOTModel(recipe.model).eval()
+    idx = torch.randint(0, recipe.model.vocab_size, (2, 8), generator=torch.Generator().manual_seed(1))
+    expected = model(idx).logits
+    table = recipe_to_dict(recipe)
+    table["model"]["attention_options"] = stored  # what the stored config of such a checkpoint holds
+    path = save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "recipe": tomli_w.dumps(table),
+                                                  "step": 4})
+    with caplog.at_level(logging.WARNING, logger="lotsim.train.checkpoint"):
+        contents = read_checkpoint(path)
+    notes = [r.getMessage() for r in caplog.records if r.name == "lotsim.train.checkpoint"]
+    options = contents.config.options()
+    assert (options.score, options.readout) == (trained["score"], trained["readout"])
+    torch.testing.assert_close(model_from_checkpoint(contents)(idx).logits, expected, rtol=0, atol=0)
+    resumed = recipe_from_toml(load_checkpoint(path)["recipe"]).model.options()  # eval and resume read this
+    assert (resumed.score, resumed.readout) == (trained["score"], trained["readout"])
+    if trained == OPTION_HISTORY[-1][0]:
+        assert not notes and contents.config.attention_options == {}
+    else:
+        assert len(notes) == 1 and "\n" not in notes[0] and attention in notes[0]
+        assert f"readout='{trained['readout']}'" in notes[0]
+        assert ("score=" in notes[0]) == ("score" not in stored)
+
+
 def test_checkpoint_holds_plain_values_only(finished_run):
     with open(finished_run / "checkpoints" / "last.pt", "rb") as handle:
         torch.load(handle, weights_only=True)  # raises on any non-plain object

@@ -17,7 +17,10 @@ Public API::
     fused_phase_attention, materialised_phase_attention     # the shared phase score and its oracle
 
 Shared pieces of the variants: :mod:`lotsim.model.phase` (the phase toolbox),
-:mod:`lotsim.model.oracles` (materialised references), :mod:`lotsim.model.interventions`.
+:mod:`lotsim.model.oracles` (materialised references), :mod:`lotsim.model.interventions`, and the
+bases :mod:`lotsim.model.head_phase` (``lattice``, ``pma``) and :mod:`lotsim.model.phase_state`
+(``torus``, ``fsn``). The ``lattice`` variant's geometry is :mod:`lotsim.model.head_lattice`, its
+sequence mode :mod:`lotsim.model.sequence_mode`.
 """
 
 from __future__ import annotations

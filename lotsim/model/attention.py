@@ -15,6 +15,8 @@ The contract (every variant, every mode):
   an error that names the key.
 * ``regularization_losses(intermediates) -> dict[str, Tensor]``: named scalar losses with real
   gradients (the training recipe weighs them by name); empty by default.
+* ``migrate_options(options, weights)``: a checkpoint's stored options completed from its weights
+  where it predates an option (the checkpoint reader calls it); unchanged by default.
 * ``interventions``: a mapping ``{name: value}`` of inference-time overrides the forward consults
   (e.g. ``{"gain": 0.0}`` switches the lattice variant's phase term off). A variant lists the names
   it understands in ``intervention_names``; any other name is an error. Every name takes a number,
@@ -131,6 +133,18 @@ class Attention(nn.Module):
         self.options = options
 
     @classmethod
+    def migrate_options(cls, options: Mapping[str, Any], weights: Mapping[str, Any]) -> dict[str, Any]:
+        """The stored ``attention_options`` of a checkpoint, completed with what its ``weights`` (a model
+        state_dict) say about options that did not exist when it was written; the checkpoint reader
+        uses it so an old checkpoint loads with the reading it was trained with. Default: unchanged."""
+        return dict(options)
+
+    @property
+    def attention_dropout(self) -> float:
+        """The dropout on attention weights: the config's in training, 0 in eval mode."""
+        return self.dropout if self.training else 0.0
+
+    @classmethod
     def check_config(cls, config: ModelConfig, options: AttentionOptions) -> None:
         """Validate the variant against the trunk config; raise ValueError (one line) if it does
         not fit. Called by :class:`~lotsim.model.config.ModelConfig` at validation time."""
@@ -183,17 +197,19 @@ class QKVAttention(Attention):
         self.qkv = nn.Linear(self.d_model, 3 * self.d_model, bias=False)
         self.out = nn.Linear(self.d_model, self.d_model, bias=False)
 
-    def project_qkv(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(b, t, D) -> q, k, v each (b, h, t, d), RoPE applied to q and k."""
+    def project_qkv(self, x: torch.Tensor, rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(b, t, D) -> q, k, v each (b, h, t, d), RoPE applied to q and k (none when ``rope`` is None)."""
         b, t, _ = x.shape
         qkv = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim)  # b t (3 h d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (b, h, t, d)
+        if rope is None:
+            return q, k, v
         return apply_rope(q, rope), apply_rope(k, rope), v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                scale: float | None = None) -> torch.Tensor:
         """Causal SDPA, (b, h, t, e) x3 -> (b, h, t, e); scale None = 1/sqrt(e); dropout only in training."""
-        return causal_attention(q, k, v, scale=scale, dropout_p=self.dropout if self.training else 0.0)
+        return causal_attention(q, k, v, scale=scale, dropout_p=self.attention_dropout)
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
         """(b, h, t, d) -> output projection of (b, t, D)."""

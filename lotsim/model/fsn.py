@@ -172,7 +172,7 @@ class FSNAttention(PhaseStateAttention):
             return materialised_frustrated_update(theta, weights, delay_weights, kernel), mean
         q2, k2 = self.score_features(x, theta, gate, rate)  # (b, h, t, 2m)
         values = harmonic_values(theta, self.harmonics)  # (b, h, t, 2mM)
-        p = self.dropout if self.training else 0.0
+        p = self.attention_dropout
         direct = causal_attention(q2, k2, values, scale=1.0, dropout_p=p)
         # The delay call at full length t with rolled rows (query row i = token i + 1, value at key u =
         # token u + 1; the wrapped-around row and value reach only row t - 1, which is dropped by the

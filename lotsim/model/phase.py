@@ -3,10 +3,12 @@
 Each attention variant (``lattice``, ``pma``, ``torus``, ``fsn``, ``ssa``) keeps only its own maths
 and takes the shared pieces from here:
 
-* :func:`inverse_softplus` and :func:`frequency_spectrum` — parameter initialisation;
+* :func:`inverse_softplus`, :func:`frequency_spectrum` and :func:`init_content_projection` —
+  parameter initialisation;
 * :func:`content_phases` — a token's phases from its content, never a raw angle into a linear layer;
 * :func:`advance` — the frequency-driven advance along the sequence, ``phi_t = theta_t + Omega t``;
-* :func:`integrate` — ``n`` steps of THE Kuramoto core (:mod:`lotsim.dynamics.core`);
+* :func:`integrate` — ``n`` steps of THE Kuramoto core (:mod:`lotsim.dynamics.core`), in any layout
+  of replicas and nodes;
 * :func:`causal_mask`, :func:`causal_softmax` and :func:`causal_attention` (one padded causal
   ``scaled_dot_product_attention`` call);
 * :func:`phase_features` — the phase-modulated q/k feature map behind every fused score, and
@@ -64,6 +66,12 @@ def frequency_spectrum(n: int, seq_len: int, *, dtype: torch.dtype | None = None
     return float(seq_len) ** (-idx / max(n - 1, 1))
 
 
+def init_content_projection(projection: nn.Linear) -> None:
+    """Initialise a :func:`content_phases` projection D -> 2n as N(0, 1/D): each pair (p0, p1) of a
+    token of unit-size features is then a complex number of size ~1, so its angle is well defined."""
+    nn.init.normal_(projection.weight, std=1.0 / math.sqrt(projection.in_features))
+
+
 # --------------------------------------------------------------------------------------------------
 # Phases
 
@@ -103,17 +111,21 @@ def integrate(system: KuramotoSystem, theta0: torch.Tensor, *, method: Method, d
     """``n_steps`` steps of the core's integrator from ``theta0``; ``theta0`` itself when 0.
 
     Args:
-        system: the Kuramoto system (its coupling operator, frequencies, couplings).
-        theta0: (replicas, nodes) initial phases, in the system's layout.
+        system: the Kuramoto system (its coupling operator, frequencies, couplings; the tensors
+            broadcast against the state (replicas, nodes)).
+        theta0: initial phases whose trailing axes hold the system's nodes in its layout, e.g.
+            (replicas, nodes), or (b, t, h) with h nodes (every token a replica) or t * h nodes
+            (every sequence a replica).
         method, dt, n_steps: the integrator and its step.
 
     Returns:
-        (replicas, nodes) phases after the steps.
+        Phases after the steps, of theta0's shape.
     """
     if n_steps == 0:
         return theta0
     integrator = kuramoto_integrator(system, method=method, dt=dt)
-    return integrator.step_fn(integrator.init_fn(theta0), n_steps).theta
+    state = integrator.init_fn(theta0.reshape(-1, system.operator.n))
+    return integrator.step_fn(state, n_steps).theta.reshape(theta0.shape)
 
 
 def heads_first(phases: torch.Tensor) -> torch.Tensor:
@@ -125,9 +137,15 @@ def heads_first(phases: torch.Tensor) -> torch.Tensor:
 # Causal attention
 
 
-def causal_mask(t: int, device: torch.device | str | None = None, *, strict: bool = False) -> torch.Tensor:
-    """(t, t) bool, True where key u is NOT visible from query t: u > t (``strict``: u >= t)."""
-    return torch.ones(t, t, dtype=torch.bool, device=device).triu(0 if strict else 1)
+def causal_mask(t: int, device: torch.device | str | None = None, *, strict: bool = False, keys: int | None = None,
+                query_start: int = 0) -> torch.Tensor:
+    """(t, keys) bool, True where key u is NOT visible from the query at position p: u > p
+    (``strict``: u >= p).
+
+    The default is the (t, t) square (query row i at position i); a block of ``t`` query rows at
+    positions ``query_start ..`` against the keys ``0 .. keys - 1`` gives those rows of the square.
+    """
+    return torch.ones(t, keys or t, dtype=torch.bool, device=device).triu(query_start + (0 if strict else 1))
 
 
 def causal_softmax(scores: torch.Tensor, strict: bool = False) -> torch.Tensor:
@@ -247,6 +265,7 @@ __all__ = [
     "frequency_spectrum",
     "fused_phase_attention",
     "heads_first",
+    "init_content_projection",
     "integrate",
     "inverse_softplus",
     "phase_features",

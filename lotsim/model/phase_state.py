@@ -37,7 +37,14 @@ from lotsim.dynamics.core import order_parameter
 from lotsim.model.attention import Attention, AttentionOptions, PhaseIntermediates
 from lotsim.model.interventions import apply_intervention
 from lotsim.model.oracles import materialised_scores
-from lotsim.model.phase import advance, content_phases, heads_first, inverse_softplus, phase_features
+from lotsim.model.phase import (
+    advance,
+    content_phases,
+    heads_first,
+    init_content_projection,
+    inverse_softplus,
+    phase_features,
+)
 
 
 def drifted_features(theta: torch.Tensor, rotary_rate: torch.Tensor, gate: torch.Tensor,
@@ -128,6 +135,25 @@ class PhaseStateAttention(Attention):
         "qk-mean": {"options": {"score": "qk", "readout": "mean"}},  # the default
     }
 
+    @classmethod
+    def migrate_options(cls, options: Mapping[str, Any], weights: Mapping[str, Any]) -> dict[str, Any]:
+        """Checkpoints written before ``score`` and ``readout`` existed hold the reading ``shared`` +
+        ``phase`` and store neither key; newer ones trained with the defaults store neither key either.
+        So a missing key is read from the weights: ``score_phase`` weights mean ``qk`` (else ``shared``),
+        an ``out`` projection twice as wide as ``phase`` means ``mean`` (else ``phase``); it is set only
+        where the weights disagree with the default."""
+        def first(suffix: str) -> Any:
+            return next((value for key, value in weights.items() if key.endswith(suffix)), None)
+
+        phase, out = first(".attn.phase.weight"), first(".attn.out.weight")
+        if phase is None or out is None:
+            return dict(options)  # not this attention's weights: loading reports the mismatch
+        trained = {"score": "qk" if first(".attn.score_phase.weight") is not None else "shared",
+                   "readout": "mean" if out.shape[1] == 2 * phase.shape[0] else "phase"}
+        defaults = cls.Options.model_fields
+        missing = {key: value for key, value in trained.items() if key not in options}
+        return {**{key: value for key, value in missing.items() if value != defaults[key].default}, **options}
+
     def __init__(self, config, options: PhaseStateOptions, layer: int = 0):
         super().__init__(config, options, layer)
         self.angles = options.angles or self.head_dim // 2
@@ -142,9 +168,9 @@ class PhaseStateAttention(Attention):
     @torch.no_grad()
     def init_parameters(self, std: float) -> None:
         """Phase projections ~ N(0, 1/D) (unit-size complex pairs), gates, RoPE-spectrum rotary rates."""
-        nn.init.normal_(self.phase.weight, std=1.0 / math.sqrt(self.d_model))
+        init_content_projection(self.phase)
         if self.score_phase is not None:
-            nn.init.normal_(self.score_phase.weight, std=1.0 / math.sqrt(self.d_model))
+            init_content_projection(self.score_phase)
         gate = self.options.gate_init or 1.0 / math.sqrt(self.angles)
         self.gate_raw.fill_(inverse_softplus(gate))
         c = torch.arange(self.angles, dtype=self.rotary_rate.dtype, device=self.rotary_rate.device)

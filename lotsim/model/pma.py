@@ -31,8 +31,10 @@ trunk (no SSM blocks; the context is the residual stream x_t):
    ``tau_base, alpha, beta = softplus(.)`` (so tau > 0); lambda per head, learned, any sign;
 6. scores ``(q.k / sqrt(d)) (lambda P_tu + 1 - lambda) / tau_t``, causal softmax, RoPE on q and k.
 
-The score is the multiplicative phase score of :mod:`lotsim.model.phase` with key phases psi and
-tau folded into q (one SDPA call, 3d columns, O(T) memory);
+The phase projection, the dynamics' plumbing and the attention call are those of
+:mod:`lotsim.model.head_phase` (shared with ``lattice``). The score is the multiplicative phase
+score of :mod:`lotsim.model.phase` with key phases psi and tau folded into q (one SDPA call, 3d
+columns, O(T) memory);
 ``implementation="materialised"`` computes P, Var and R with explicit (t, t) masks
 (:mod:`lotsim.model.oracles`). ``gate = 0`` and ``temperature = 1`` give vanilla attention exactly.
 
@@ -41,7 +43,6 @@ Legend: ``b`` batch, ``t`` tokens, ``h`` heads, ``d`` head dim, ``D`` model widt
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -51,28 +52,20 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from lotsim.dynamics.core import KuramotoSystem, MeanFieldOperator, order_parameter
-from lotsim.model.attention import AttentionOptions, PhaseIntermediates, QKVAttention, register_attention
+from lotsim.dynamics.core import KuramotoSystem, MeanFieldOperator
+from lotsim.model.attention import PhaseIntermediates, register_attention
+from lotsim.model.head_phase import HeadPhaseAttention, HeadPhaseOptions
 from lotsim.model.interventions import apply_intervention
-from lotsim.model.oracles import materialised_phase_attention, materialised_prefix_statistics
-from lotsim.model.phase import (
-    advance,
-    content_phases,
-    frequency_spectrum,
-    fused_phase_attention,
-    integrate,
-    inverse_softplus,
-)
+from lotsim.model.oracles import materialised_prefix_statistics
+from lotsim.model.phase import advance, inverse_softplus
 from lotsim.model.rope import Rope
 
 
-class PMAOptions(AttentionOptions):
-    """Options of the ``pma`` attention.
+class PMAOptions(HeadPhaseOptions):
+    """Options of the ``pma`` attention (besides :class:`~lotsim.model.head_phase.HeadPhaseOptions`:
+    ``n_steps``, ``dt``, ``method``, ``omega_init``, ``implementation``).
 
     Attributes:
-        n_steps: Kuramoto steps of the head oscillators per forward (0 = content phases).
-        dt: integrator step.
-        method: euler | heun | rk4.
         key_phases: ``oscillator`` (psi = phi) or ``position`` (psi_u = Omega_h u, the published phi_pos).
         adaptive_temperature: tau from R and Var(P) (False: tau = tau_base, a learned per-head
             temperature; with gate 0 that is the ``no-oscillator`` ablation).
@@ -81,13 +74,8 @@ class PMAOptions(AttentionOptions):
         variance_weight_init: initial beta (> 0).
         order_weight_init: initial alpha (> 0).
         coupling_init: initial context coupling K (its bias; > 0).
-        omega_init: (low, high) of the uniform init of the intrinsic frequencies omega_h.
-        implementation: ``fused`` (one SDPA call) or ``materialised`` (explicit; test oracle).
     """
 
-    n_steps: int = Field(default=2, ge=0, le=64)
-    dt: float = Field(default=0.25, gt=0)
-    method: Literal["euler", "heun", "rk4"] = "heun"
     key_phases: Literal["oscillator", "position"] = "oscillator"
     adaptive_temperature: bool = True
     gate_init: float = 0.1
@@ -95,8 +83,6 @@ class PMAOptions(AttentionOptions):
     variance_weight_init: float = Field(default=0.1, gt=0)
     order_weight_init: float = Field(default=0.1, gt=0)
     coupling_init: float = Field(default=1.0, gt=0)
-    omega_init: tuple[float, float] = (0.9, 1.1)
-    implementation: Literal["fused", "materialised"] = "fused"
 
 
 @dataclass
@@ -165,10 +151,10 @@ def prefix_statistics(phases: torch.Tensor, key_phases: torch.Tensor) -> tuple[t
 
 
 @register_attention("pma")
-class PMAAttention(QKVAttention):
+class PMAAttention(HeadPhaseAttention):
     """Phase-modulated attention (see the module docstring for the equations).
 
-    Parameters (besides ``qkv``/``out``, shared with ``vanilla``): ``phase`` (D -> 2h),
+    Parameters (besides ``qkv``/``out``, shared with ``vanilla``, and ``phase`` (D -> 2h)):
     ``coupling`` (D -> h, no bias) and ``coupling_bias`` (h,) for K, and (h,) each of ``omega``,
     ``sequence_frequency``, ``gate``, ``temperature_raw``, ``variance_weight_raw``, ``order_weight_raw``.
 
@@ -192,8 +178,6 @@ class PMAAttention(QKVAttention):
     def __init__(self, config, options: PMAOptions, layer: int = 0):
         super().__init__(config, options, layer)
         h = self.n_heads
-        self.seq_len = config.seq_len
-        self.phase = nn.Linear(self.d_model, 2 * h, bias=False)
         self.coupling = nn.Linear(self.d_model, h, bias=False)
         self.coupling_bias = nn.Parameter(torch.empty(h))
         self.omega = nn.Parameter(torch.empty(h))
@@ -206,26 +190,14 @@ class PMAAttention(QKVAttention):
 
     @torch.no_grad()
     def init_parameters(self, std: float) -> None:
-        """Phase projection ~ N(0, 1/D); the coupling projection keeps the trunk's N(0, std)."""
+        """Phases and frequencies as the head-phase base; the coupling projection keeps the trunk's N(0, std)."""
         o: PMAOptions = self.options
-        nn.init.normal_(self.phase.weight, std=1.0 / math.sqrt(self.d_model))
+        self.init_head_phases(self.omega, self.sequence_frequency)
         self.coupling_bias.fill_(inverse_softplus(o.coupling_init))
-        self.omega.uniform_(*o.omega_init)
-        self.sequence_frequency.copy_(frequency_spectrum(self.n_heads, self.seq_len, dtype=self.omega.dtype,
-                                                         device=self.omega.device))
         self.gate.fill_(o.gate_init)
         self.temperature_raw.fill_(inverse_softplus(o.temperature_init))
         self.variance_weight_raw.fill_(inverse_softplus(o.variance_weight_init))
         self.order_weight_raw.fill_(inverse_softplus(o.order_weight_init))
-
-    def integrate(self, theta0: torch.Tensor, omega: torch.Tensor, coupling: torch.Tensor) -> torch.Tensor:
-        """Mean-field Kuramoto over the heads of each token: (b, t, h) -> (b, t, h)."""
-        o: PMAOptions = self.options
-        b, t, h = theta0.shape
-        system = KuramotoSystem(omega=omega, coupling=coupling.reshape(b * t, h),
-                                operator=MeanFieldOperator(h, 1.0 / h))
-        theta = integrate(system, theta0.reshape(b * t, h), method=o.method, dt=o.dt, n_steps=o.n_steps)
-        return theta.reshape(b, t, h)
 
     def forward(self, x: torch.Tensor, rope: Rope, *, return_intermediates: bool = False,
                 interventions: Mapping[str, Any] | None = None
@@ -233,20 +205,21 @@ class PMAAttention(QKVAttention):
         """(b, t, D) -> ((b, t, D), :class:`PMAIntermediates` if asked, else None)."""
         iv = self.check_interventions(interventions)
         o: PMAOptions = self.options
-        materialised = o.implementation == "materialised"
         b, t, _ = x.shape
+        h = self.n_heads
         q, k, v = self.project_qkv(x, rope)  # (b, h, t, d) each
         coupling = apply_intervention(iv, "coupling", F.softplus(self.coupling(x) + self.coupling_bias))  # (b, t, h)
         omega = apply_intervention(iv, "omega", self.omega)
-        theta0 = content_phases(self.phase, x, self.n_heads)  # (b, t, h)
-        theta = self.integrate(theta0, omega, coupling)  # (b, t, h)
-        phases = apply_intervention(iv, "phases", advance(theta, self.sequence_frequency))
+        # mean-field Kuramoto over the heads of each token, every token a replica
+        system = KuramotoSystem(omega=omega, coupling=coupling.reshape(-1, h), operator=MeanFieldOperator(h, 1.0 / h))
+        theta0, theta, phases = self.head_phases(x, system, self.sequence_frequency, iv)  # (b, t, h) each
         key_phases = phases if o.key_phases == "oscillator" else \
             advance(torch.zeros_like(theta), self.sequence_frequency)
         key_phases = apply_intervention(iv, "key_phases", key_phases)
         tau_base = F.softplus(self.temperature_raw)
         r = var = None
         if o.adaptive_temperature or return_intermediates:
+            materialised = o.implementation == "materialised"
             r, var = (materialised_prefix_statistics if materialised else prefix_statistics)(phases, key_phases)
             r, var = apply_intervention(iv, "order_parameter", r), apply_intervention(iv, "coherence_variance", var)
         if o.adaptive_temperature:
@@ -256,20 +229,14 @@ class PMAAttention(QKVAttention):
             temperature = tau_base.expand(b, t, -1)
         temperature = apply_intervention(iv, "temperature", temperature)
         gate = apply_intervention(iv, "gate", self.gate)
-        if materialised:
-            y = materialised_phase_attention(q, k, v, phases, gate, "multiplicative", key_phases=key_phases,
-                                             temperature=temperature)
-        else:
-            y = fused_phase_attention(q, k, v, phases, gate, "multiplicative", key_phases=key_phases,
-                                      temperature=temperature, dropout_p=self.dropout if self.training else 0.0)
+        y = self.phase_attention(q, k, v, phases, gate, "multiplicative", key_phases=key_phases,
+                                 temperature=temperature)
         y = self.merge_heads(y)
         if not return_intermediates:
             return y, None
-        head_r, _ = order_parameter(theta)  # (b, t), across the heads of each token
         return y, PMAIntermediates(
-            layer=self.layer, content_phases=theta0, theta=theta, phases=phases, key_phases=key_phases,
-            coupling=coupling, order_parameter=head_r, prefix_order_parameter=r, coherence_variance=var,
-            temperature=temperature, mean_order_parameter=head_r.mean(), gate=gate, omega=omega,
+            **self.phase_telemetry(theta0, theta, phases), key_phases=key_phases, coupling=coupling,
+            prefix_order_parameter=r, coherence_variance=var, temperature=temperature, gate=gate, omega=omega,
             sequence_frequency=self.sequence_frequency)
 
     def extra_repr(self) -> str:

@@ -41,7 +41,9 @@ serves inference there. ``auto`` uses flex while ``torch.compile`` traces, excep
 backward and under ``torch.export``/ONNX (which cannot export it; export gets the materialised
 block), else chunked. Masked keys are excluded before the exponential, so large float32 scores
 never give inf and no NaN gradients. Closed form, no integrator: the core's ODE would only
-approach this fixed point.
+approach this fixed point. The shared pieces come from :mod:`lotsim.model.phase` (the frequency
+spectrum, the advance along the sequence, the causal mask of a block of query rows) and the
+interventions from :func:`lotsim.model.interventions.apply_intervention`.
 
 Legend: ``b`` batch, ``t`` tokens, ``h`` heads, ``d`` head dim, ``D`` model width.
 """
@@ -59,9 +61,9 @@ from pydantic import Field
 from torch import nn
 
 from lotsim.model.attention import AttentionOptions, Intermediates, QKVAttention, register_attention
-from lotsim.model.interventions import override
-from lotsim.model.phase import inverse_softplus
-from lotsim.model.rope import Rope, apply_rope
+from lotsim.model.interventions import apply_intervention
+from lotsim.model.phase import advance, causal_mask, frequency_spectrum, inverse_softplus
+from lotsim.model.rope import Rope
 
 
 class SSAOptions(AttentionOptions):
@@ -164,8 +166,7 @@ def _ssa_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Te
     c, u = q.shape[-2], k.shape[-2]
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (b, h, c, u)
     g, locked = locking(scores, omega, coupling, epsilon, query_start, normalise=False)
-    rows = torch.arange(query_start, query_start + c, device=q.device)[:, None]
-    keep = locked & (torch.arange(u, device=q.device) <= rows)
+    keep = locked & ~causal_mask(c, q.device, keys=u, query_start=query_start)
     # masked before the exponential (masked keys give exp(-inf) = 0 and a zero gradient, never inf);
     # stabiliser: the row max over kept keys (the ratio is unchanged; detached; the self pair is kept)
     masked = scores.masked_fill(~keep, float("-inf"))
@@ -173,6 +174,12 @@ def _ssa_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Te
     w = torch.exp(masked - top) * g
     y = (w / w.sum(-1, keepdim=True)) @ v
     return y, keep.sum(-1)
+
+
+def _prefix_fraction(kept: torch.Tensor) -> torch.Tensor:
+    """Kept keys per query row (b, h, t) -> their fraction (b, t, h) of the row's prefix u <= t."""
+    prefix = torch.arange(1, kept.shape[-1] + 1, device=kept.device, dtype=kept.dtype)
+    return (kept / prefix).transpose(1, 2)
 
 
 def materialised_ssa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor,
@@ -189,8 +196,7 @@ def materialised_ssa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: t
         (y (b, h, t, d), locked fraction (b, t, h) over the prefix).
     """
     y, kept = _ssa_rows(q, k, v, omega, coupling, epsilon, 0)
-    prefix = torch.arange(1, q.shape[-2] + 1, device=q.device, dtype=q.dtype)
-    return y, (kept.to(q.dtype) / prefix).transpose(1, 2)
+    return y, _prefix_fraction(kept.to(q.dtype))
 
 
 def chunked_ssa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, coupling: torch.Tensor,
@@ -221,8 +227,7 @@ def chunked_ssa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.
         y, n = checkpoint(_ssa_rows, *args, use_reentrant=False) if recompute else _ssa_rows(*args)
         ys.append(y)
         kept.append(n)
-    prefix = torch.arange(1, t + 1, device=q.device, dtype=q.dtype)
-    return torch.cat(ys, dim=-2), (torch.cat(kept, dim=-1).to(q.dtype) / prefix).transpose(1, 2)
+    return torch.cat(ys, dim=-2), _prefix_fraction(torch.cat(kept, dim=-1).to(q.dtype))
 
 
 def ssa_score_mod(omega: torch.Tensor, coupling: torch.Tensor, epsilon: float):
@@ -322,16 +327,14 @@ class SSAAttention(QKVAttention):
     def init_parameters(self, std: float) -> None:
         """Frequency spectrum 1 .. 1/seq_len rad per token over heads, small content shifts, kappa."""
         o: SSAOptions = self.options
-        h = self.n_heads
         nn.init.normal_(self.frequency.weight, std=o.content_frequency_init / math.sqrt(self.d_model))
-        idx = torch.arange(h, dtype=self.sequence_frequency.dtype, device=self.sequence_frequency.device)
-        self.sequence_frequency.copy_(float(self.seq_len) ** (-idx / max(h - 1, 1)))
+        spectrum = self.sequence_frequency
+        spectrum.copy_(frequency_spectrum(self.n_heads, self.seq_len, dtype=spectrum.dtype, device=spectrum.device))
         self.coupling_raw.fill_(inverse_softplus(o.coupling_init))
 
     def natural_frequencies(self, x: torch.Tensor, sequence_frequency: torch.Tensor) -> torch.Tensor:
-        """omega (b, t, h) = Omega_h t + f_h(x_t)."""
-        position = torch.arange(x.shape[1], dtype=x.dtype, device=x.device)[:, None]
-        return position * sequence_frequency + self.frequency(x)
+        """omega (b, t, h) = Omega_h t + f_h(x_t): the content shifts advanced along the sequence."""
+        return advance(self.frequency(x), sequence_frequency)
 
     def forward(self, x: torch.Tensor, rope: Rope, *, return_intermediates: bool = False,
                 interventions: Mapping[str, Any] | None = None
@@ -339,21 +342,13 @@ class SSAAttention(QKVAttention):
         """(b, t, D) -> ((b, t, D), :class:`SSAIntermediates` if asked, else None)."""
         iv = self.check_interventions(interventions)
         o: SSAOptions = self.options
-        b, t, _ = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if o.rope:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        sequence_frequency = self.sequence_frequency
-        if "sequence_frequency" in iv:
-            sequence_frequency = override(sequence_frequency, iv["sequence_frequency"])
+        q, k, v = self.project_qkv(x, rope if o.rope else None)  # (b, h, t, d) each
+        sequence_frequency = apply_intervention(iv, "sequence_frequency", self.sequence_frequency)
         omega = self.natural_frequencies(x, sequence_frequency)
         if not o.locking:
             omega = torch.zeros_like(omega)
-        if "omega" in iv:
-            omega = override(omega, iv["omega"])
-        coupling = F.softplus(self.coupling_raw)
-        if "coupling" in iv:
-            coupling = override(coupling, iv["coupling"])
+        omega = apply_intervention(iv, "omega", omega)
+        coupling = apply_intervention(iv, "coupling", F.softplus(self.coupling_raw))
         fraction = None
         if not o.locking and not iv:
             y = self.attend(q, k, v)  # equal frequencies: every pair locked, A = softmax (one SDPA call)

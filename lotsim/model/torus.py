@@ -151,7 +151,7 @@ class TorusAttention(PhaseStateAttention):
             empty = theta0.new_zeros(b, h, t, 1)
             return AttentionOperator(empty, empty, m, weights=weights)
         q2, k2 = self.score_features(x, theta0, gate, rate)
-        return AttentionOperator(q2, k2, m, dropout_p=self.dropout if self.training else 0.0)
+        return AttentionOperator(q2, k2, m, dropout_p=self.attention_dropout)
 
     def forward(self, x: torch.Tensor, rope: Rope, *, return_intermediates: bool = False,
                 interventions: Mapping[str, Any] | None = None

@@ -19,6 +19,12 @@ runs code from it. Version-1 checkpoints (numpy RNG states, which only full unpi
 files that need full unpickling are refused with one line; ``allow_code=True`` (the CLI's
 ``--allow-code``) reads a file the user trusts that way and migrates it to plain values in memory.
 
+A checkpoint written before an attention option existed (e.g. ``score`` and ``readout`` of ``torus``
+and ``fsn``) is read with the options its weights were trained with, not today's defaults: the
+attention's :meth:`~lotsim.model.attention.Attention.migrate_options` completes the stored
+``attention_options`` and the stored recipe is updated in memory, with one logged line (stderr unless
+logging is configured). Every reader (eval, export, resume) sees the migrated recipe.
+
 One path from a checkpoint to a model: :func:`read_checkpoint` (weights, model config, recipe,
 vocabulary) and :func:`model_from_checkpoint`; ``lotsim eval``, ``lotsim export`` and the final
 test of every run (``lotsim train``, and the runs ``lotsim compare`` trains or resumes) use them.
@@ -30,6 +36,7 @@ end and on Ctrl-C; ``best.pt`` whenever the validation ``best_metric`` improves.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
@@ -40,13 +47,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomli_w
 import torch
 
-from lotsim.model import LOTModel, ModelConfig
+from lotsim.model import LOTModel, ModelConfig, get_attention
 
 FORMAT, VERSION = "lotsim-train-checkpoint", 2
 LAST, BEST = "last.pt", "best.pt"
 ALLOW_CODE_HINT = "if you trust the file, rerun with --allow-code"
+log = logging.getLogger(__name__)
 
 
 def rng_state() -> dict[str, Any]:
@@ -146,7 +155,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise ValueError(f"{str(path)!r} is not a lotsim training checkpoint")
     if state.get("version", 0) > VERSION:
         raise ValueError(f"{str(path)!r} has checkpoint version {state['version']}; this lotsim reads <= {VERSION}")
-    return state
+    return _migrate_attention_options(state, path)
 
 
 def _migrate(state: Any) -> Any:
@@ -155,6 +164,29 @@ def _migrate(state: Any) -> Any:
         rngs = [None if r is None else {**r, "numpy": _plain_numpy_state(r["numpy"])} for r in state.get("rng", [])]
         state = {**state, "rng": rngs, "version": VERSION}
     return state
+
+
+def _migrate_attention_options(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``state`` with the stored recipe's ``attention_options`` completed by the attention's
+    ``migrate_options`` from the weights (one logged line when that changes them); unchanged when the
+    recipe or weights are unreadable (:func:`read_checkpoint` reports those)."""
+    try:
+        recipe = tomllib.loads(state["recipe"])
+        model, weights = recipe["model"], state["model"]
+        options = model.get("attention_options", {})
+        attention = get_attention(model["attention"])
+    except (KeyError, TypeError, AttributeError, ValueError, tomllib.TOMLDecodeError):
+        return state
+    if not isinstance(options, dict) or not isinstance(weights, Mapping):
+        return state
+    migrated = attention.migrate_options(options, weights)
+    if migrated == options:
+        return state
+    added = ", ".join(f"{key}={value!r}" for key, value in migrated.items() if options.get(key) != value)
+    log.warning("%s: a checkpoint of %r from before some of its options existed; read with %s (what its weights "
+                "were trained with)", path, model["attention"], added)
+    recipe["model"] = {**model, "attention_options": migrated}
+    return {**state, "recipe": tomli_w.dumps(recipe)}
 
 
 # -------------------------------------------------------------------------------------------------
