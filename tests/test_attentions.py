@@ -506,7 +506,7 @@ def test_fsn_delay_term_reads_successors_but_never_the_future():
     values = harmonic_values(theta0, attn.harmonics)  # (b, h, t, 2mM)
     successor = torch.cat([values[:, :, 1:], torch.zeros_like(values[:, :, :1])], dim=2)
     mean_field = strict @ successor
-    expected = frustrated_coupling(mean_field, theta0, attn.delay_real, attn.delay_imag)
+    expected = frustrated_coupling(values, (mean_field, attn.delay_real, attn.delay_imag))
     torch.testing.assert_close(base.phases - theta0, expected, rtol=0, atol=1e-12)
 
 

@@ -79,29 +79,34 @@ def harmonic_values(theta: torch.Tensor, harmonics: int) -> torch.Tensor:
     return torch.stack([torch.cos(kt), torch.sin(kt)], dim=-2).flatten(-3)
 
 
-def frustrated_coupling(mean_field: torch.Tensor, theta: torch.Tensor, real: torch.Tensor,
-                        imag: torch.Tensor) -> torch.Tensor:
-    """``sum_k Im(c_k e^{-ik theta_t} Z_k) = sum_k a_k Y_k + b_k X_k`` from the SDPA output.
+def frustrated_coupling(values: torch.Tensor, *terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                        ) -> torch.Tensor:
+    """``sum_k Im(c_k e^{-ik theta_t} Z_k) = sum_k a_k Y_k + b_k X_k`` summed over coupling terms.
+
+    With ``X_k = C_k cos + S_k sin``, ``Y_k = S_k cos - C_k sin`` (of k theta_t) this is
+    ``sum_k cos(k theta_t) (a_k S_k + b_k C_k) + sin(k theta_t) (b_k S_k - a_k C_k)``: each term's
+    mean field is rotated by its coefficients, the terms are added, and the receiving phasors are
+    applied once. The receiving phasors are the token's own values, so no trigonometry is redone.
 
     Args:
-        mean_field: (b, h, t, 2mM) ``(C_k, S_k)`` in the layout of :func:`harmonic_values`.
-        theta: (b, t, h, m) the receiving phases theta_t.
-        real, imag: (h, m, M) a_k, b_k.
+        values: (b, h, t, 2mM) ``[cos k theta_t, sin k theta_t]`` (:func:`harmonic_values` of theta).
+        terms: ``(mean_field, real, imag)`` each: (b, h, t, 2mM) ``(C_k, S_k)`` in the same layout, and
+            (h, m, M) ``a_k``, ``b_k``.
 
     Returns:
         (b, t, h, m).
     """
-    b, h, t, _ = mean_field.shape
-    m, n_harm = real.shape[1], real.shape[2]
-    z = mean_field.reshape(b, h, t, n_harm, 2, m)
-    big_c, big_s = z[..., 0, :], z[..., 1, :]  # (b, h, t, M, m)
-    k = torch.arange(1, n_harm + 1, dtype=theta.dtype, device=theta.device)
-    kt = theta.transpose(1, 2)[..., None, :] * k[:, None]  # (b, h, t, M, m)
-    cos, sin = torch.cos(kt), torch.sin(kt)
-    x = big_c * cos + big_s * sin  # sum_u A cos(k (theta_u - theta_t))
-    y = big_s * cos - big_c * sin  # sum_u A sin(k (theta_u - theta_t))
-    a, bb = real.transpose(1, 2), imag.transpose(1, 2)  # (h, M, m)
-    return (a[:, None] * y + bb[:, None] * x).sum(-2).transpose(1, 2)  # b h t m -> b t h m
+    b, h, t, _ = values.shape
+    m, n_harm = terms[0][1].shape[1], terms[0][1].shape[2]
+    phasor = values.reshape(b, h, t, n_harm, 2, m)
+    u = v = 0.0
+    for mean_field, real, imag in terms:
+        z = mean_field.reshape(b, h, t, n_harm, 2, m)
+        big_c, big_s = z[..., 0, :], z[..., 1, :]  # (b, h, t, M, m)
+        a, bb = real.transpose(1, 2)[:, None], imag.transpose(1, 2)[:, None]  # (h, 1, M, m)
+        u = u + a * big_s + bb * big_c
+        v = v + bb * big_s - a * big_c
+    return (u * phasor[..., 0, :] + v * phasor[..., 1, :]).sum(-2).transpose(1, 2)  # b h t m -> b t h m
 
 
 @register_attention("fsn")
@@ -181,8 +186,7 @@ class FSNAttention(PhaseStateAttention):
         shifted = causal_attention(q2.roll(-1, 2), k2, values.roll(-1, 2), scale=1.0, dropout_p=p)
         first = torch.arange(theta.shape[1], device=theta.device) == 0
         delay = shifted.roll(1, 2).masked_fill(first[:, None], 0.0)  # token 0 has no predecessor
-        delta = frustrated_coupling(direct, theta, kernel[0], kernel[1]) + \
-            frustrated_coupling(delay, theta, kernel[2], kernel[3])
+        delta = frustrated_coupling(values, (direct, kernel[0], kernel[1]), (delay, kernel[2], kernel[3]))
         return delta, direct[..., :2 * m]
 
     def forward(self, x: torch.Tensor, rope: Rope, *, return_intermediates: bool = False,
