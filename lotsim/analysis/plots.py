@@ -25,6 +25,7 @@ import numpy as np
 
 from lotsim.analysis._group import open_group
 from lotsim.analysis._run import RunInfo, check_frame, check_replica, decimate, node_positions, read_run_info
+from lotsim.observables import order_parameter
 
 PHASE_CMAP = "twilight"
 TIME_LABEL = "time t (units of 1/ω)"
@@ -356,6 +357,7 @@ class _Field:
             ax.text(0.02, 0.02, r"arrow: $r\,e^{i\psi}$", transform=ax.transAxes, fontsize=8)
 
     def update(self, theta: np.ndarray, time: float, title: str) -> None:
+        r, psi = order_parameter(theta)
         wrapped = np.mod(theta, 2 * math.pi)
         if self.kind == "image":
             field = wrapped.reshape(self.shape)
@@ -369,9 +371,7 @@ class _Field:
             self.artist.set_array(wrapped)
         else:
             self.artist.set_offsets(np.stack([np.cos(theta), np.sin(theta)], axis=1))
-            z = np.exp(1j * theta).mean()
-            self.arrow.xy = (z.real, z.imag)
-        r = abs(np.exp(1j * theta).mean())
+            self.arrow.xy = (r * math.cos(psi), r * math.sin(psi))
         self.ax.set_title(f"{title}\nt = {time:.4g}, r = {r:.3f}", fontsize=10)
 
 
@@ -420,7 +420,7 @@ def plot_snapshot(path: str | Path, *, frame: int = -1, replica: int = 0, out: s
     drawer.update(theta, float(info.times[index]), f"{info.label}, {_replica_label(info, replica)}")
     out_dir, stem = _out(path, out, f"{_stem(info.path, group)}_snapshot_r{replica}_f{index}")
     return {"frame": index, "replica": replica, "time": float(info.times[index]),
-            "r": float(abs(np.exp(1j * theta).mean())), "kind": drawer.kind,
+            "r": float(order_parameter(theta)[0]), "kind": drawer.kind,
             "plots": [str(p) for p in _save(fig, out_dir, stem, formats, [info.path])], "warnings": info.warnings}
 
 
