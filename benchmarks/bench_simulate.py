@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from lotsim.dynamics import KuramotoSystem, build_operator, make_integrator, normalized_adjacency  # noqa: E402
 from lotsim.dynamics import order_parameter as lotsim_order_parameter  # noqa: E402
 from lotsim.lattice import Lattice, build_lattice  # noqa: E402
+from lotsim.observables import order_parameter as numpy_order_parameter  # noqa: E402
 
 try:
     import numba
@@ -239,10 +240,6 @@ def _proc_status(key: str) -> int:
     return 0
 
 
-def order_parameter(theta: np.ndarray) -> np.ndarray:
-    return np.abs(np.exp(1j * theta).mean(axis=-1))
-
-
 def peak_memory(case: Case, name: str, steps: int) -> float | None:
     """Peak RSS increase (MB) of one run of ``name`` on ``case``, measured in a fresh process.
 
@@ -347,7 +344,7 @@ def measure_case(case: Case, names: list[str], repeats: int, *, memory: tuple[st
             "case": case.name, "implementation": name, "n": case.n, "b": case.b, "steps": case.steps, "dt": DT,
             "t": case.steps * DT, "seconds": walls[name], "median_seconds": wall,
             "osc_steps_per_s": case.n * case.b * case.steps / wall,
-            "r_final": order_parameter(theta).tolist(),
+            "r_final": numpy_order_parameter(theta)[0].tolist(),
             "max_abs_dtheta_vs_numba": None if ref is None else float(np.abs(theta - ref).max()),
             "max_abs_dtheta_vs_fine_rk4": None if fine is None else float(np.abs(theta - fine).max()),
             "peak_rss_increase_mb": peak_memory(case, name, min(case.steps, 20)) if name in memory else None,
@@ -408,8 +405,9 @@ def measure_io(spec: dict, steps: int, save_every: tuple[int, ...], repeats: int
     """Integrate ``steps`` with the numba backend, writing a frame every ``save_every`` steps to H5MD
     (``lotsim.io.TrajectoryWriter``: chunks of ~256 KiB, lzf, float32 phases + the order parameter).
 
-    Two ways to get the frame's order parameter: numpy on the phases, and lotsim's torch
-    ``order_parameter`` as the simulation runner records it (torch threads as set for the benchmark).
+    Two ways to get the frame's order parameter: lotsim's numpy ``order_parameter`` on the phases, and
+    lotsim's torch ``order_parameter`` as the simulation runner records it (torch threads as set for the
+    benchmark).
     """
     try:
         from lotsim.io import TrajectoryWriter
@@ -424,7 +422,7 @@ def measure_io(spec: dict, steps: int, save_every: tuple[int, ...], repeats: int
     integ.step_fn(integ.init_fn(theta0), WARMUP_STEPS)
 
     def r_numpy(state):
-        return order_parameter(state.theta.numpy())
+        return numpy_order_parameter(state.theta.numpy())[0]
 
     def r_torch(state):
         return lotsim_order_parameter(state.theta)[0].double().numpy()

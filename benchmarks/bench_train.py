@@ -6,7 +6,7 @@ A script, not a test (results and their reading: docs/performance.md). Run from 
     python benchmarks/bench_train.py --nanogpt /path/to/nanoGPT   # also nanoGPT's own model
 
 A training step is what ``lotsim train`` does per optimiser step: forward with the loss, backward,
-gradient clipping at 1.0 and an AdamW step (:func:`lotsim.train.loop.make_optimizer`). The shape is
+gradient clipping at 1.0 and an AdamW step (:func:`lotsim.train.components.make_optimizer`). The shape is
 nanoGPT's CPU "baby GPT" (4 layers, 4 heads, d_model 128, context 64, batch 12, a 65-character
 vocabulary), then the same model at longer contexts (``--contexts``, default 64, 256, 1024). Every
 arm is parameter-matched to ``lattice`` with :func:`lotsim.model.match_parameters`, as
@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from bench_attention import tensor_peak_mib  # noqa: E402
 
 from lotsim.model import LOTModel, ModelConfig, match_parameters, parameter_counts  # noqa: E402
-from lotsim.train.loop import make_optimizer  # noqa: E402
+from lotsim.train.components import make_optimizer  # noqa: E402
 
 ARMS = "vanilla,lattice,pma,ssa,torus,fsn"
 LR, WEIGHT_DECAY, BETAS, GRAD_CLIP = 1e-3, 0.1, (0.9, 0.99), 1.0  # nanoGPT's shakespeare-char values

@@ -65,14 +65,9 @@ const std::map<std::string, Entry>& registry() {
   static const std::map<std::string, Entry> kernels = {
       LOTSIM_REGISTER(kuramoto_sincos)
       LOTSIM_REGISTER(kuramoto_reduce)
-      LOTSIM_REGISTER(kuramoto_rhs_neighbour)
-      LOTSIM_REGISTER(kuramoto_rhs_csr)
-      LOTSIM_REGISTER(kuramoto_rhs_meanfield)
       LOTSIM_REGISTER(kuramoto_stage_neighbour)
       LOTSIM_REGISTER(kuramoto_stage_csr)
       LOTSIM_REGISTER(kuramoto_stage_meanfield)
-      LOTSIM_REGISTER(order_parameter_partials)
-      LOTSIM_REGISTER(order_parameter_finalize)
   };
   return kernels;
 }

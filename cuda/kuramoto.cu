@@ -27,10 +27,8 @@
 // "name<float>" / "name<double>" and explicitly below for the nvcc compile check):
 //   kuramoto_sincos             sc = (sin m th, cos m th) of theta (+ mean-field block partials)
 //   kuramoto_reduce             sums the block partials of one (replica, harmonic) row per block
-//   kuramoto_rhs_{neighbour,csr,meanfield}     out = omega + K * coupling term, from sc
 //   kuramoto_stage_{neighbour,csr,meanfield}   one fused Runge-Kutta stage (Euler, Heun, RK4,
 //                               Euler-Maruyama, stochastic Heun; first order or with inertia)
-//   order_parameter_partials / order_parameter_finalize    r, psi per replica
 // Launch configuration: blockDim = (256, 1, 1) for all kernels (any multiple of 32 up to 1024 works);
 // node kernels use gridDim = (ceil(N / 256), B), reductions one block per output row. gridDim.y <= 65535
 // bounds B; the host checks it.
@@ -119,8 +117,6 @@ LOTSIM_HD float lot_log(float x) { return std::log(x); }
 LOTSIM_HD double lot_log(double x) { return std::log(x); }
 LOTSIM_HD float lot_cos(float x) { return std::cos(x); }
 LOTSIM_HD double lot_cos(double x) { return std::cos(x); }
-LOTSIM_HD float lot_atan2(float y, float x) { return std::atan2(y, x); }
-LOTSIM_HD double lot_atan2(double y, double x) { return std::atan2(y, x); }
 #else
 LOTSIM_HD float lot_sqrt(float x) { return sqrtf(x); }
 LOTSIM_HD double lot_sqrt(double x) { return sqrt(x); }
@@ -128,8 +124,6 @@ LOTSIM_HD float lot_log(float x) { return logf(x); }
 LOTSIM_HD double lot_log(double x) { return log(x); }
 LOTSIM_HD float lot_cos(float x) { return cosf(x); }
 LOTSIM_HD double lot_cos(double x) { return cos(x); }
-LOTSIM_HD float lot_atan2(float y, float x) { return atan2f(y, x); }
-LOTSIM_HD double lot_atan2(double y, double x) { return atan2(y, x); }
 #endif
 
 // ---------------------------------------------------------------------------------------------------
@@ -420,55 +414,6 @@ LOTSIM_KERNEL void kuramoto_reduce(const T* __restrict__ partials, T* out, int n
   }
 }
 
-// kuramoto_rhs_*: out[b, i] = omega + K * coupling term, from sc = kuramoto_sincos(theta) (and, for
-// the mean field, sums = kuramoto_reduce of its partials). Launch: grid (ceil(N / 256), B), block 256.
-template <typename T>
-LOTSIM_KERNEL void kuramoto_rhs_neighbour(const T* __restrict__ sc, T* out, const T* __restrict__ omega,
-                                          long long omega_stride_b, long long omega_stride_n,
-                                          const T* __restrict__ coupling, long long coupling_stride_b,
-                                          long long coupling_stride_n, const T* __restrict__ harm,
-                                          int n_harm, int n, const int* __restrict__ nbr_index,
-                                          const T* __restrict__ nbr_weight, int nbr_k, int nbr_uniform,
-                                          T nbr_uniform_weight) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y;
-  if (i >= n) return;
-  const LotsimSystem<T> sys = {omega, omega_stride_b, omega_stride_n, coupling, coupling_stride_b,
-                               coupling_stride_n, harm, n_harm, n};
-  const LotsimNeighbourOp<T> op = {nbr_index, nbr_weight, nbr_k, nbr_uniform, nbr_uniform_weight};
-  out[(long long)b * n + i] = lot_drift(sys, op, sc, b, i);
-}
-
-template <typename T>
-LOTSIM_KERNEL void kuramoto_rhs_csr(const T* __restrict__ sc, T* out, const T* __restrict__ omega,
-                                    long long omega_stride_b, long long omega_stride_n,
-                                    const T* __restrict__ coupling, long long coupling_stride_b,
-                                    long long coupling_stride_n, const T* __restrict__ harm, int n_harm,
-                                    int n, const int* __restrict__ csr_indptr,
-                                    const int* __restrict__ csr_indices, const T* __restrict__ csr_values) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y;
-  if (i >= n) return;
-  const LotsimSystem<T> sys = {omega, omega_stride_b, omega_stride_n, coupling, coupling_stride_b,
-                               coupling_stride_n, harm, n_harm, n};
-  const LotsimCsrOp<T> op = {csr_indptr, csr_indices, csr_values};
-  out[(long long)b * n + i] = lot_drift(sys, op, sc, b, i);
-}
-
-template <typename T>
-LOTSIM_KERNEL void kuramoto_rhs_meanfield(const T* __restrict__ sc, T* out, const T* __restrict__ omega,
-                                          long long omega_stride_b, long long omega_stride_n,
-                                          const T* __restrict__ coupling, long long coupling_stride_b,
-                                          long long coupling_stride_n, const T* __restrict__ harm,
-                                          int n_harm, int n, const T* __restrict__ mf_sums, T* mf_partials,
-                                          T mf_scale) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y;
-  (void)mf_partials;  // same operator arguments as the stage kernel; the right-hand side needs no partials
-  if (i >= n) return;
-  const LotsimSystem<T> sys = {omega, omega_stride_b, omega_stride_n, coupling, coupling_stride_b,
-                               coupling_stride_n, harm, n_harm, n};
-  const LotsimMeanFieldOp<T> op = {mf_sums, mf_scale};
-  out[(long long)b * n + i] = lot_drift(sys, op, sc, b, i);
-}
-
 // kuramoto_stage_*: one fused Runge-Kutta stage (header). theta/velocity hold y_0 and receive y_new at
 // the last stage; vel_stage, acc_theta, acc_vel are (B, N) scratch (velocity, vel_stage and acc_vel
 // are unused without inertia); sc_in and sc_out must be different buffers.
@@ -535,42 +480,6 @@ LOTSIM_UNROLL
   lot_store_partials(vals, n_harm, mf_partials, b);
 }
 
-// order_parameter_partials: block sums of (cos m th, sin m th) over a grid-stride loop;
-// partials (B, gridDim.x, 2). Launch: grid (min(ceil(N / 256), 1024), B), block 256.
-template <typename T>
-LOTSIM_KERNEL void order_parameter_partials(const T* __restrict__ theta, T* partials, int n, T harmonic) {
-  const int b = blockIdx.y;
-  T vals[2] = {T(0), T(0)};
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-    T s, c;
-    lot_sincos(harmonic * theta[(long long)b * n + i], &s, &c);
-    vals[0] += c;
-    vals[1] += s;
-  }
-  if (lot_block_sum(vals, 1)) {
-    const long long at = ((long long)b * gridDim.x + blockIdx.x) * 2;
-    partials[at] = vals[0];
-    partials[at + 1] = vals[1];
-  }
-}
-
-// order_parameter_finalize: out[b] = (r, psi) with r e^{i psi} = mean_j exp(i m th_j).
-// Launch: grid (B,), block 256.
-template <typename T>
-LOTSIM_KERNEL void order_parameter_finalize(const T* __restrict__ partials, int n_partials, int n, T* out) {
-  const long long b = blockIdx.x;
-  T vals[2] = {T(0), T(0)};
-  for (int p = threadIdx.x; p < n_partials; p += blockDim.x) {
-    vals[0] += partials[(b * n_partials + p) * 2];
-    vals[1] += partials[(b * n_partials + p) * 2 + 1];
-  }
-  if (lot_block_sum(vals, 1)) {
-    const T x = vals[0] / T(n), y = vals[1] / T(n);
-    out[b * 2] = lot_sqrt(x * x + y * y);
-    out[b * 2 + 1] = lot_atan2(y, x);
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Explicit instantiations for the nvcc compile check (NVRTC instantiates through name_expressions).
 // Keep in sync with KERNELS in lotsim/dynamics/cuda_kernels.py (tests/test_cuda_compile.py checks it).
@@ -580,13 +489,8 @@ LOTSIM_KERNEL void order_parameter_finalize(const T* __restrict__ partials, int 
   template __global__ decltype(name<double>) name<double>;
 LOTSIM_INSTANTIATE(kuramoto_sincos)
 LOTSIM_INSTANTIATE(kuramoto_reduce)
-LOTSIM_INSTANTIATE(kuramoto_rhs_neighbour)
-LOTSIM_INSTANTIATE(kuramoto_rhs_csr)
-LOTSIM_INSTANTIATE(kuramoto_rhs_meanfield)
 LOTSIM_INSTANTIATE(kuramoto_stage_neighbour)
 LOTSIM_INSTANTIATE(kuramoto_stage_csr)
 LOTSIM_INSTANTIATE(kuramoto_stage_meanfield)
-LOTSIM_INSTANTIATE(order_parameter_partials)
-LOTSIM_INSTANTIATE(order_parameter_finalize)
 #undef LOTSIM_INSTANTIATE
 #endif

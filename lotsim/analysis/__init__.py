@@ -1,6 +1,6 @@
 """Analysis of lotsim trajectories (H5MD): order parameters, locking, phase transitions, topological
-defects and plots. Library code: no typer/rich; matplotlib is imported inside :mod:`lotsim.analysis.plots`
-functions, torch only inside :func:`adiabatic_sweep`.
+defects and plots. Library code: no typer/rich; matplotlib is imported inside the figure functions
+(:mod:`lotsim.analysis.plots` and its helpers), torch only inside :func:`adiabatic_sweep`.
 
 One library entry per ``lotsim analyze`` verb: :func:`analyze_order`, :func:`analyze_transition`,
 :func:`analyze_defects`, and :func:`lotsim.analysis.plots.plot_snapshot` / ``plot_spacetime`` /

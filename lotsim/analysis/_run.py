@@ -16,8 +16,7 @@ import numpy as np
 
 from lotsim.config import RecipeError, SimulationRecipe, recipe_to_dict, validate_recipe
 from lotsim.io import Trajectory
-from lotsim.lattice import GRID_TOPOLOGIES, grid_shape, sheet_positions
-from lotsim.lattice import row_scale as lattice_row_scale
+from lotsim.lattice import GRID_TOPOLOGIES, grid_shape, row_scale, sheet_positions
 
 Progress = Callable[[int, int], None]
 
@@ -256,12 +255,13 @@ def edge_arrays(traj: Trajectory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return edges[:, 0], edges[:, 1], w
 
 
-def row_scale(info: RunInfo, receivers: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """[N] factor of each row of W = row_scale[:, None] * A for the run's normalisation (the
-    simulator's own rule, :func:`lotsim.lattice.row_scale`, on the stored edges' in-degrees)."""
+def coupling_weights(info: RunInfo, receivers: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[e] coupling-matrix entries ``W_ij = row_scale[i] * A_ij`` of the stored edges, with the
+    simulator's own normalisation rule (:func:`lotsim.lattice.row_scale`) on their in-degrees."""
     if info.normalization == "unknown":
         raise ValueError(f"{info.path}: unknown coupling normalisation (no recipe stored?)")
-    return lattice_row_scale(info.normalization, np.bincount(receivers, weights=weights, minlength=info.n_nodes))
+    in_degree = np.bincount(receivers, weights=weights, minlength=info.n_nodes)
+    return row_scale(info.normalization, in_degree)[receivers] * weights
 
 
 def complete_scale(info: RunInfo) -> float:
@@ -272,4 +272,4 @@ def complete_scale(info: RunInfo) -> float:
         raise ValueError(f"{info.path}: unknown coupling normalisation (no recipe stored?)")
     if n < 2:
         return 1.0
-    return n * float(lattice_row_scale(info.normalization, np.full(n, n - 1.0))[0])
+    return n * float(row_scale(info.normalization, np.full(n, n - 1.0))[0])

@@ -143,8 +143,8 @@ def analyze_copy_depth(checkpoint: str | Path, split: str = "validation", *, max
         ``seq_len``, ``batches``.
     """
     from lotsim.tasks import IGNORE_INDEX, build_task, check_split
+    from lotsim.train.components import pick_device
     from lotsim.train.evaluate import held_out_batches
-    from lotsim.train.loop import pick_device
 
     check_split(split)
     if max_batches is not None and max_batches < 1:

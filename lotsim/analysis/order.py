@@ -22,15 +22,16 @@ from lotsim.analysis._run import (
     RunInfo,
     check_replica,
     complete_scale,
+    coupling_weights,
     decimate,
     edge_arrays,
     frame_index,
     read_run_info,
-    row_scale,
     stream_blocks,
 )
 from lotsim.analysis.theory import Theory, theory_for_run
 from lotsim.io import Trajectory
+from lotsim.lattice import NORMALIZATIONS
 
 TRANSIENT_RULE = ("first frame after which the trailing running mean of r (5% of the frames) stays within "
                   "max(3 sd, 0.01) of the mean of r over the last 25% of the frames")
@@ -185,12 +186,12 @@ def potential_reason(info: RunInfo, traj: Trajectory) -> str | None:
         return "the file stores no recipe (normalisation unknown)"
     if any(a != 0 for a, h in zip(info.frustration * len(info.harmonics), info.harmonics) if h):
         return "frustration (phase lag) makes the dynamics non-gradient: no potential"
-    if info.normalization not in ("mean-field", "degree", "none"):
+    if info.normalization not in NORMALIZATIONS:
         return "the file does not say how the coupling is normalised (not a lotsim simulate run)"
     if info.complete:
         return None
     senders, receivers, weights = edge_arrays(traj)
-    w = row_scale(info, receivers, weights)[receivers] * weights
+    w = coupling_weights(info, receivers, weights)
     matrix = sp.csr_array((w, (receivers, senders)), shape=(info.n_nodes, info.n_nodes))
     asym = abs(matrix - matrix.T).max() if matrix.nnz else 0.0
     if asym > 1e-12 * max(1.0, abs(matrix).max()):
@@ -335,6 +336,6 @@ def _local_and_potential(traj, info: RunInfo, couplings: np.ndarray, reason: str
 
     if reason is not None:
         return local_fn, None
-    w = row_scale(info, receivers, weights)[receivers] * weights  # [e]
+    w = coupling_weights(info, receivers, weights)  # [e]
     kw = couplings[:, None] * w[None, :]  # [s, e]
     return local_fn, lambda theta: obs.lyapunov_potential(theta, senders, receivers, kw, harmonics)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from lotsim.io import open_trajectory
+from lotsim.observables import order_parameter
 
 TELEMETRY_FILE = "telemetry.h5"
 
@@ -65,7 +66,7 @@ def run_telemetry(run_dir: str | Path) -> dict[str, Any]:
             r = traj.observable("order_parameter", group)[()]  # (frame, token)
             names = traj.group(group).observable_names
             local = traj.observable("local_order_parameter", group)[()] if "local_order_parameter" in names else None
-            coherence = np.abs(np.exp(1j * phase).mean(axis=1))  # (frame, head)
+            coherence = order_parameter(np.moveaxis(phase, 1, -1))[0]  # (frame, head): r over tokens
             layers[group] = {
                 "steps": steps.tolist(),
                 "order_parameter": r.mean(axis=1).tolist(),

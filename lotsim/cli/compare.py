@@ -100,7 +100,7 @@ def compare(
                                   f"seed={event['seed']}: {shown}", highlight=False)
                 bar.update(task_id, completed=event["index"])
 
-        from lotsim.train.loop import TrainingInterrupted
+        from lotsim.train.result import TrainingInterrupted
 
         try:
             report = run_comparison(base, arm_list, list(range(first, first + seeds)), folder, lrs=lrs,

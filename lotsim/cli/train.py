@@ -60,8 +60,8 @@ def train(
             run_dir = out if out is not None else default_run_dir(resolved)
             check_run_folder(run_dir, overwrite)
 
-    from lotsim.train.loop import TrainingDiverged, TrainingInterrupted
     from lotsim.train.loop import train as run_training
+    from lotsim.train.result import TrainingDiverged, TrainingInterrupted
 
     with user_errors(), _Progress(enabled=main) as progress:
         try:

@@ -45,14 +45,9 @@ SOURCE_FILE = "kuramoto.cu"
 KERNELS = (
     "kuramoto_sincos",
     "kuramoto_reduce",
-    "kuramoto_rhs_neighbour",
-    "kuramoto_rhs_csr",
-    "kuramoto_rhs_meanfield",
     "kuramoto_stage_neighbour",
     "kuramoto_stage_csr",
     "kuramoto_stage_meanfield",
-    "order_parameter_partials",
-    "order_parameter_finalize",
 )
 REAL_TYPES = {torch.float32: "float", torch.float64: "double"}
 NAME_EXPRESSIONS = tuple(f"{kernel}<{real}>" for kernel in KERNELS for real in REAL_TYPES.values())
@@ -60,7 +55,6 @@ COMPILE_OPTIONS = ("-std=c++17",)
 MAX_HARMONICS = 8  # LOTSIM_MAX_HARMONICS in kuramoto.cu
 BLOCK = 256  # threads per block for every launch (a multiple of 32)
 MAX_REPLICAS = 65535  # gridDim.y
-ORDER_PARAMETER_BLOCKS = 1024  # at most this many partial sums per replica
 _UINT64 = (1 << 64) - 1
 
 
@@ -360,42 +354,3 @@ def build_integrator(system: KuramotoSystem, launcher_for: Callable[[torch.devic
 
     return Integrator(init_fn, step_fn, "cupy")
 
-
-@torch.no_grad()
-def drift(system: KuramotoSystem, theta: torch.Tensor, launcher: KernelLauncher) -> torch.Tensor:
-    """Right-hand side ``omega + K * coupling_term`` (b, n) from the kernels (``core.drift`` twin)."""
-    n = system.operator.n
-    rows = _as_rows(theta, n)
-    plan = _make_plan(system, rows.shape[0], rows.dtype, rows.device, inertial=False)
-    out = torch.empty_like(rows)
-    with launcher.scope():
-        _sincos(plan, launcher, launcher.arg(rows), 0)
-        args = plan.bind(launcher, (plan.sc[0], out) + plan.system_args + plan.op_args)
-        name = kernel_name(f"kuramoto_rhs_{plan.kind}", plan.dtype)
-        launcher.launch(name, (plan.blocks, plan.b), BLOCK, args)
-    return out.reshape(theta.shape)
-
-
-@torch.no_grad()
-def order_parameter(theta: torch.Tensor, launcher: KernelLauncher, harmonic: int = 1
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r, psi) over the last axis, computed on the device: only (b,) values need to leave it."""
-    n = theta.shape[-1]
-    rows = theta.detach().reshape(-1, n).contiguous()
-    if rows.dtype not in REAL_TYPES:
-        raise ValueError(f"theta must be float32 or float64 for the CUDA kernels, got {rows.dtype}")
-    b = rows.shape[0]
-    if b > MAX_REPLICAS or n == 0:
-        raise ValueError(f"order_parameter takes 1..{MAX_REPLICAS} rows of >= 1 node, "
-                         f"got {tuple(theta.shape)}")
-    blocks = min(max(1, -(-n // BLOCK)), ORDER_PARAMETER_BLOCKS)
-    partials = torch.empty((b, blocks, 2), dtype=rows.dtype, device=rows.device)
-    out = torch.empty((b, 2), dtype=rows.dtype, device=rows.device)
-    real = np.float32 if rows.dtype == torch.float32 else np.float64
-    with launcher.scope():
-        a_rows, a_partials, a_out = launcher.arg(rows), launcher.arg(partials), launcher.arg(out)
-        launcher.launch(kernel_name("order_parameter_partials", rows.dtype), (blocks, b), BLOCK,
-                        (a_rows, a_partials, np.int32(n), real(harmonic)))
-        launcher.launch(kernel_name("order_parameter_finalize", rows.dtype), (b, 1), BLOCK,
-                        (a_partials, np.int32(blocks), np.int32(n), a_out))
-    return out[:, 0].reshape(theta.shape[:-1]), out[:, 1].reshape(theta.shape[:-1])

@@ -122,16 +122,3 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
                                             check_tensor=_check_tensor)
     return Integrator(kernels.init_fn, kernels.step_fn, "cupy")
 
-
-def drift(system: KuramotoSystem, theta: torch.Tensor) -> torch.Tensor:
-    """``omega + K * coupling_term`` from the kernels, (..., n) like ``core.drift``."""
-    _require_gpu()
-    _check_tensor(theta, "theta")
-    return cuda_kernels.drift(system, theta, _launcher_for(theta.device))
-
-
-def order_parameter(theta: torch.Tensor, harmonic: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r, psi) per replica on the GPU, like ``core.order_parameter``; copy back only these."""
-    _require_gpu()
-    _check_tensor(theta, "theta")
-    return cuda_kernels.order_parameter(theta, _launcher_for(theta.device), harmonic)

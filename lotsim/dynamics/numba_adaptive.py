@@ -21,15 +21,15 @@ from numba import njit, prange
 from lotsim.dynamics import adaptive
 from lotsim.dynamics.adaptive import DEFAULT_ATOL, DEFAULT_RTOL, TABLEAUX, AdaptiveControl
 from lotsim.dynamics.core import Integrator, KuramotoSystem, OscillatorState
+from lotsim.dynamics.numba_backend import kernel_step_fn
 from lotsim.dynamics.numba_kernels import (
     _CSR,
     _JIT,
     _NEIGHBOURS,
     _SINCOS_LIMIT,
     _sincos,
-    numba_state,
     operator_arrays,
-    work_dtype,
+    system_arrays,
 )
 
 _step_factor = njit(**_JIT)(adaptive.step_factor)
@@ -225,48 +225,27 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: str = "dopri5", dt: f
     reference = adaptive.adaptive_integrator(system, method=method, dt=dt, rtol=rtol, atol=atol)
     t = TABLEAUX[method]
     inertial = system.inertia > 0
-    active = [(h, a, m) for m, (h, a) in enumerate(zip(system.harmonics, system.frustration), start=1) if h != 0]
     n = system.operator.n
     n_comp = 2 if inertial else 1
     cache: dict = {}
-
-    def _runs_here(state: OscillatorState) -> bool:
-        theta = state.theta
-        if not numba_state(state, n):
-            return False
-        try:
-            return torch.broadcast_shapes(theta.shape, system.omega.shape, system.coupling.shape) == theta.shape
-        except RuntimeError:
-            return False
 
     def _arrays(np_dtype: np.dtype, b: int) -> tuple:
         key = (np_dtype, b)
         if key not in cache:
             shape = (b, n)
             op = operator_arrays(system.operator, np_dtype)
-            par = (np.array(np.broadcast_to(system.omega.detach().numpy().astype(np_dtype), shape)),
-                   np.array(np.broadcast_to(system.coupling.detach().numpy().astype(np_dtype), shape)),
-                   np.array([h for h, _, _ in active], np_dtype),
-                   np.array([math.cos(a) for _, a, _ in active], np_dtype),
-                   np.array([math.sin(a) for _, a, _ in active], np_dtype),
-                   np.array([m for _, _, m in active], np_dtype), np_dtype.type(system.inertia or 1.0))
+            par = system_arrays(system, np_dtype, shape) + (np_dtype.type(system.inertia or 1.0),)
             e3 = t.e if t.e3 is None else t.e3
             tab = (t.a.astype(np_dtype), t.b.astype(np_dtype), t.e.astype(np_dtype), e3.astype(np_dtype), t.order,
                    t.fsal, t.e3 is not None)
-            q, m = len(t.c), len(active)
+            q, m = len(t.c), len(par[2])
             scratch = (np.empty((b, q, n_comp, n), np_dtype), np.zeros((b, 5, n_comp, n), np_dtype),
                        (np.empty((b, m, n), np_dtype), np.empty((b, m, n), np_dtype), np.empty((b, n), np_dtype),
                         np.empty((b, n), np_dtype), np.empty((b, n), np_dtype)))
             cache[key] = (op, par, tab, scratch)
         return cache[key]
 
-    def step_fn(state: OscillatorState, n_steps: int = 1) -> OscillatorState:
-        n_steps = int(n_steps)
-        if n_steps <= 0:
-            return state
-        if not _runs_here(state):
-            return reference.step_fn(state, n_steps)
-        dtype = work_dtype(system, state.theta)
+    def _kernel_step(state: OscillatorState, n_steps: int, dtype: torch.dtype) -> OscillatorState:
         np_dtype = np.dtype(str(dtype).removeprefix("torch."))
         b = state.theta.shape[0]
         op, par, tab, (K, W, scr) = _arrays(np_dtype, b)
@@ -279,4 +258,4 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: str = "dopri5", dt: f
                                velocity=torch.from_numpy(Y[:, 1].copy()) if inertial else None,
                                step=state.step + n_steps, control=ctl)
 
-    return Integrator(reference.init_fn, step_fn, "numba")
+    return Integrator(reference.init_fn, kernel_step_fn(system, reference, _kernel_step), "numba")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -44,9 +45,8 @@ from lotsim.dynamics.numba_kernels import (
     _integrate,
     _integrate_serial,
     _tableau,
-    numba_state,
     operator_arrays,
-    work_dtype,
+    system_arrays,
 )
 
 __all__ = ["supports", "kuramoto_integrator"]
@@ -83,6 +83,59 @@ def supports(system: KuramotoSystem) -> bool:
     return system.omega.ndim <= 2 and system.coupling.ndim <= 2
 
 
+def work_dtype(system: KuramotoSystem, theta) -> torch.dtype:
+    """The dtype a step computes in: the state's promoted with the system's parameters and weights."""
+    dtype = torch.promote_types(theta.dtype, system.omega.dtype)
+    dtype = torch.promote_types(dtype, system.coupling.dtype)
+    op = system.operator
+    weight = op.weight if isinstance(op, (NeighbourOperator, SparseOperator)) else None
+    return dtype if weight is None else torch.promote_types(dtype, weight.dtype)
+
+
+def numba_state(state: OscillatorState, n: int) -> bool:
+    """Whether a kernel can take ``state``: CPU tensors without gradients, (b, n), float32 or float64."""
+    theta = state.theta
+    tensors = [theta] if state.velocity is None else [theta, state.velocity]
+    if any(t.device.type != "cpu" or t.requires_grad for t in tensors):
+        return False
+    return theta.ndim == 2 and theta.shape[1] == n and theta.dtype in (torch.float32, torch.float64)
+
+
+def kernel_step_fn(system: KuramotoSystem, reference: Integrator,
+                   kernel_step: Callable[[OscillatorState, int, torch.dtype], OscillatorState],
+                   accepts: Callable[[OscillatorState], bool] | None = None) -> Callable[..., OscillatorState]:
+    """The ``step_fn(state, n_steps=1)`` of the numba integrators around their kernel call.
+
+    ``n_steps <= 0`` returns the state; states the kernels cannot take go to the torch ``reference``:
+    not (b, n) float32/float64 CPU tensors without gradients (:func:`numba_state`), parameters that
+    do not broadcast to the state's shape, or ``accepts(state)`` false. The others run
+    ``kernel_step(state, n_steps, dtype)`` with the dtype the step computes in (:func:`work_dtype`).
+    """
+    n = system.operator.n
+    broadcasts: dict[tuple[int, ...], bool] = {}
+
+    def _broadcasts(shape: torch.Size) -> bool:
+        """Whether the parameters broadcast to ``shape`` without changing it (cached: torch's check costs
+        ~10 us, as much as a step of a small lattice)."""
+        key = tuple(shape)
+        if key not in broadcasts:
+            try:
+                broadcasts[key] = torch.broadcast_shapes(shape, system.omega.shape, system.coupling.shape) == shape
+            except RuntimeError:
+                broadcasts[key] = False
+        return broadcasts[key]
+
+    def step_fn(state: OscillatorState, n_steps: int = 1) -> OscillatorState:
+        n_steps = int(n_steps)
+        if n_steps <= 0:
+            return state
+        if not (numba_state(state, n) and _broadcasts(state.theta.shape) and (accepts is None or accepts(state))):
+            return reference.step_fn(state, n_steps)
+        return kernel_step(state, n_steps, work_dtype(system, state.theta))
+
+    return step_fn
+
+
 def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: float = 0.01,
                         seed: int = 0, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> Integrator:
     """Integrator for ``system`` running in one compiled call per ``step_fn`` call.
@@ -110,7 +163,6 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
     inertial = system.inertia > 0
     mu = float(system.inertia) if inertial else 1.0
     sigma = math.sqrt(2.0 * system.noise * dt) if system.noise > 0 else 0.0
-    active = [(h, a, m) for m, (h, a) in enumerate(zip(system.harmonics, system.frustration), start=1) if h != 0]
     stage_c, stage_w, final = _tableau(method, dt)
     n = system.operator.n
     cache: dict = {}
@@ -121,41 +173,18 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
             np_dtype = np.dtype(str(dtype).removeprefix("torch."))
             if np_dtype not in cache:
                 cache[np_dtype] = operator_arrays(system.operator, np_dtype)
-            omega = np.broadcast_to(system.omega.detach().numpy().astype(np_dtype), shape)
-            coupling = np.broadcast_to(system.coupling.detach().numpy().astype(np_dtype), shape)
             cache[key] = {
                 "op": cache[np_dtype],
-                "par": (np.array(omega, order="C"), np.array(coupling, order="C"),  # writeable copies
-                        np.array([h for h, _, _ in active], np_dtype),
-                        np.array([math.cos(a) for _, a, _ in active], np_dtype),
-                        np.array([math.sin(a) for _, a, _ in active], np_dtype),
-                        np.array([m for _, _, m in active], np_dtype),
-                        np.array(stage_c, np_dtype), np.array(stage_w, np_dtype), np.array([mu, final], np_dtype)),
+                "par": system_arrays(system, np_dtype, shape) + (
+                    np.array(stage_c, np_dtype), np.array(stage_w, np_dtype), np.array([mu, final], np_dtype)),
             }
         return cache[key]
 
-    def _runs_here(state: OscillatorState) -> bool:
+    def _accepts(state: OscillatorState) -> bool:
         theta = state.theta
-        if not numba_state(state, n):
-            return False
         if inertial and (state.velocity is None or state.velocity.shape != theta.shape):
             return False
-        if not _broadcasts(theta.shape):
-            return False
         return sigma == 0.0 or work_dtype(system, theta) == theta.dtype  # the noise is drawn in the state's dtype
-
-    broadcasts: dict[tuple[int, ...], bool] = {}
-
-    def _broadcasts(shape: torch.Size) -> bool:
-        """Whether the parameters broadcast to ``shape`` without changing it (cached: torch's check costs
-        ~10 us, as much as a step of a small lattice)."""
-        key = tuple(shape)
-        if key not in broadcasts:
-            try:
-                broadcasts[key] = torch.broadcast_shapes(shape, system.omega.shape, system.coupling.shape) == shape
-            except RuntimeError:
-                broadcasts[key] = False
-        return broadcasts[key]
 
     def _scratch(p: dict, b: int, np_dtype: np.dtype) -> tuple:
         """The kernel's scratch arrays, allocated once per state shape and calling thread (every call
@@ -177,13 +206,7 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
     def init_fn(theta: torch.Tensor, velocity: torch.Tensor | None = None, step: int = 0) -> OscillatorState:
         return reference.init_fn(theta, velocity, step)
 
-    def step_fn(state: OscillatorState, n_steps: int = 1) -> OscillatorState:
-        n_steps = int(n_steps)
-        if n_steps <= 0:
-            return state
-        if not _runs_here(state):
-            return reference.step_fn(state, n_steps)
-        dtype = work_dtype(system, state.theta)
+    def _kernel_step(state: OscillatorState, n_steps: int, dtype: torch.dtype) -> OscillatorState:
         b = state.theta.shape[0]
         p = _parameters(dtype, (b, n))
         np_dtype = p["par"][0].dtype
@@ -230,7 +253,7 @@ def kuramoto_integrator(system: KuramotoSystem, *, method: Method = "rk4", dt: f
         return OscillatorState(theta=torch.from_numpy(theta), velocity=torch.from_numpy(vel) if inertial else None,
                                step=state.step + n_steps)
 
-    return Integrator(init_fn, step_fn, "numba")
+    return Integrator(init_fn, kernel_step_fn(system, reference, _kernel_step, _accepts), "numba")
 
 
 _NO_NOISE = {np.dtype(np.float32): np.zeros((1, 1, 1), np.float32),

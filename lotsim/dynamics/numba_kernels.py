@@ -24,12 +24,13 @@ Legend: ``b`` replicas, ``n`` nodes, ``k`` neighbour slots, ``m`` harmonics, ``e
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
-import torch
 from numba import njit, prange
 
-from lotsim.dynamics.core import KuramotoSystem, Method, NeighbourOperator, OscillatorState, SparseOperator
+from lotsim.dynamics.core import KuramotoSystem, Method, NeighbourOperator, SparseOperator
 
 _JIT = {"cache": True, "error_model": "numpy", "fastmath": False}
 _BLOCK = 256  # nodes per work item: a block's buffers stay in L1
@@ -448,19 +449,15 @@ def operator_arrays(op, dtype: np.dtype, runs: bool = True) -> tuple:
             dtype.type(scale))
 
 
-def work_dtype(system: KuramotoSystem, theta) -> torch.dtype:
-    """The dtype a step computes in: the state's promoted with the system's parameters and weights."""
-    dtype = torch.promote_types(theta.dtype, system.omega.dtype)
-    dtype = torch.promote_types(dtype, system.coupling.dtype)
-    op = system.operator
-    weight = op.weight if isinstance(op, (NeighbourOperator, SparseOperator)) else None
-    return dtype if weight is None else torch.promote_types(dtype, weight.dtype)
-
-
-def numba_state(state: OscillatorState, n: int) -> bool:
-    """Whether a kernel can take ``state``: CPU tensors without gradients, (b, n), float32 or float64."""
-    theta = state.theta
-    tensors = [theta] if state.velocity is None else [theta, state.velocity]
-    if any(t.device.type != "cpu" or t.requires_grad for t in tensors):
-        return False
-    return theta.ndim == 2 and theta.shape[1] == n and theta.dtype in (torch.float32, torch.float64)
+def system_arrays(system: KuramotoSystem, dtype: np.dtype, shape: tuple[int, int]) -> tuple:
+    """The head of the kernels' ``par`` tuple in one dtype: omega and K broadcast to the state's
+    ``shape`` (b, n) (writeable C-ordered copies), then ``h_m``, ``cos a_m``, ``sin a_m`` and ``m`` of
+    the harmonics with ``h_m != 0``."""
+    active = [(h, a, m) for m, (h, a) in enumerate(zip(system.harmonics, system.frustration), start=1) if h != 0]
+    omega = np.broadcast_to(system.omega.detach().numpy().astype(dtype), shape)
+    coupling = np.broadcast_to(system.coupling.detach().numpy().astype(dtype), shape)
+    return (np.array(omega, order="C"), np.array(coupling, order="C"),
+            np.array([h for h, _, _ in active], dtype),
+            np.array([math.cos(a) for _, a, _ in active], dtype),
+            np.array([math.sin(a) for _, a, _ in active], dtype),
+            np.array([m for _, _, m in active], dtype))

@@ -1,7 +1,8 @@
 """Trajectory I/O: H5MD 1.1 files (numpy + h5py only; never imports torch).
 
-``layout`` names the file's groups, attributes and versions; ``writer`` streams frames with flat memory;
-``resume`` stores and reads the resume checkpoint; ``reader`` gives lazy read access.
+``layout`` names the file's groups, attributes and versions; ``writer`` streams frames with flat memory
+through one chunk-sized buffer per group (``frames``); ``resume`` stores and reads the resume
+checkpoint; ``reader`` gives lazy read access.
 """
 
 from __future__ import annotations

@@ -4,12 +4,17 @@
 
 Public API::
 
-    TrainingRecipe, load_training_recipe           # recipes (recipe.py)
-    train, TrainResult, TrainingInterrupted, TrainingDiverged   # the loop (loop.py)
-    evaluate, evaluate_checkpoint                  # held-out metrics (evaluate.py)
-    save_checkpoint, load_checkpoint               # checkpoints (checkpoint.py)
-    read_checkpoint, model_from_checkpoint         # the one checkpoint -> model path
-    run_comparison, parse_arms                     # multi-seed studies (compare.py)
+    TrainingRecipe, load_training_recipe                # recipes (recipe.py)
+    train                                               # the loop (loop.py)
+    TrainResult, TrainingInterrupted, TrainingDiverged  # how a run ends (result.py)
+    evaluate, evaluate_checkpoint                       # held-out metrics (evaluate.py)
+    save_checkpoint, load_checkpoint                    # checkpoints (checkpoint.py)
+    read_checkpoint, model_from_checkpoint              # the one checkpoint -> model path
+    run_comparison, parse_arms                          # multi-seed studies (compare.py)
+
+The loop is built from ``components.py`` (device, precision, model, optimiser, lr schedule) and
+``distributed.py`` (the torchrun process group); ``run_folder.py`` and ``telemetry.py`` hold what it
+writes besides checkpoints.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from lotsim.train.checkpoint import (
 )
 from lotsim.train.compare import parse_arms, run_comparison
 from lotsim.train.evaluate import evaluate, evaluate_checkpoint
-from lotsim.train.loop import TrainingDiverged, TrainingInterrupted, TrainResult, train
+from lotsim.train.loop import train
 from lotsim.train.recipe import TrainingRecipe, load_training_recipe
+from lotsim.train.result import TrainingDiverged, TrainingInterrupted, TrainResult
 
 __all__ = [
     "TrainResult",

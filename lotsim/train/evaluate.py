@@ -121,7 +121,7 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", *, max_batc
     from lotsim.simulation import git_commit
     from lotsim.tasks import build_task
     from lotsim.train.checkpoint import model_from_checkpoint, read_checkpoint
-    from lotsim.train.loop import pick_device
+    from lotsim.train.components import pick_device
     from lotsim.train.recipe import check_device, recipe_from_toml
 
     check_split(split)

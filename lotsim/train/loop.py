@@ -38,23 +38,19 @@ The library never prints: progress goes to ``callback(event: dict)``.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import math
 import os
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from lotsim.interrupts import StopFlag
-from lotsim.model import LOTModel, ModelConfig, count_parameters
+from lotsim.model import LOTModel, count_parameters
 from lotsim.tasks import Task, build_task
 from lotsim.train.checkpoint import (
     BEST,
@@ -65,8 +61,18 @@ from lotsim.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from lotsim.train.components import (
+    autocast_for,
+    build_model,
+    lr_factor,
+    make_optimizer,
+    pick_device,
+    seed_everything,
+)
+from lotsim.train.distributed import barrier, gather_rng, mean_over_ranks, setup_distributed, stop_requested
 from lotsim.train.evaluate import evaluate
 from lotsim.train.recipe import TrainingRecipe, recipe_from_toml, recipe_to_toml
+from lotsim.train.result import TrainingDiverged, TrainingInterrupted, TrainResult
 from lotsim.train.run_folder import (
     METRICS_LOG,
     RECIPE_FILE,
@@ -84,177 +90,10 @@ from lotsim.train.telemetry import PhaseTelemetry
 Callback = Callable[[dict[str, Any]], None]
 
 
-class TrainingInterrupted(Exception):
-    """Training stopped on Ctrl-C after saving ``last.pt``; ``resume=True`` continues it."""
-
-    def __init__(self, run_dir: Path, step: int):
-        super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}")
-        self.run_dir, self.step = run_dir, step
-
-    def __reduce__(self):  # picklable, so it crosses from a worker process (lotsim compare --jobs)
-        return type(self), (self.run_dir, self.step)
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient: training stopped at that step, before the optimiser applied it;
-    ``last.pt`` (if any) is the last good checkpoint."""
-
-    def __init__(self, run_dir: Path, step: int, what: str, value: float, lr: float, last_good: int | None):
-        where = (f"the last good checkpoint is {Path(run_dir) / 'checkpoints' / LAST} (step {last_good})"
-                 if last_good is not None else "no checkpoint was written before it")
-        super().__init__(f"training diverged at step {step}: {what} {value} (lr {lr:.3g}); {where}; lower "
-                         f"train.lr, raise train.warmup_steps or train.grad_clip, then start again")
-        self.run_dir, self.step, self.what, self.value, self.lr, self.last_good = (
-            run_dir, step, what, value, lr, last_good)
-
-    def __reduce__(self):
-        return type(self), (self.run_dir, self.step, self.what, self.value, self.lr, self.last_good)
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns.
-
-    Attributes:
-        run_dir: the run folder.
-        step: optimiser steps done.
-        finished: False when the run stopped early (``train.stop_at``).
-        train_losses: {step: mean training loss} of the steps this call ran.
-        validation: the last validation metrics.
-        best: {"metric", "value", "step"} of the best validation.
-        test: test-split metrics of the best checkpoint (None if not evaluated).
-        parameters: {"total", "non_embedding"}.
-        tokens_per_s: training throughput (all processes, evaluation time excluded).
-        wall_time_s: wall time of this call.
-        model: the trained model (bare, on its device) as it is at the end of this call.
-        recipe_name: the recipe's ``name``.
-        already_finished: True when a resumed run had already finished: nothing was run or written
-            (``test`` then holds the run's metrics.json).
-    """
-
-    run_dir: Path
-    step: int
-    finished: bool
-    train_losses: dict[int, float] = field(default_factory=dict)
-    validation: dict[str, Any] = field(default_factory=dict)
-    best: dict[str, Any] = field(default_factory=dict)
-    test: dict[str, Any] | None = None
-    parameters: dict[str, int] = field(default_factory=dict)
-    tokens_per_s: float = 0.0
-    wall_time_s: float = 0.0
-    model: torch.nn.Module | None = field(default=None, repr=False)
-    recipe_name: str = ""
-    already_finished: bool = False
-
-
-# ---------------------------------------------------------------------------------------------------
-# Pieces, in the order train() uses them
-
-
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owner: bool = False  # this call created the process group (and destroys it at the end)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed(device_name: str) -> _Dist:
-    """Join the torchrun process group if there is one (nccl on CUDA, gloo otherwise)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    owner = not dist.is_initialized()
-    if owner:
-        cuda = device_name != "cpu" and torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return _Dist(rank, world, local, owner)
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> the process's CUDA device if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA device is available; use auto or cpu")
-    if name == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(name)
-
-
-def autocast_for(precision: str, device: torch.device):
-    """A factory of the autocast context: bf16 on GPUs only (``auto``/``bf16``), else none."""
-    if device.type != "cuda":
-        if precision == "bf16":
-            raise ValueError("train.precision='bf16' needs a CUDA device; use auto or fp32 on the CPU")
-        return None
-    if precision == "fp32" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
-        return None
-    return lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-
-
-def build_model(config: ModelConfig, seed: int, freeze: list[str] = ()) -> LOTModel:
-    """The model initialised from ``seed`` (identical on every process), with ``freeze`` patterns
-    (fnmatch over parameter names) excluded from training.
-
-    Raises:
-        ValueError: a freeze pattern that matches no parameter (naming some that exist).
-    """
-    torch.manual_seed(seed)
-    model = LOTModel(config)
-    names = [n for n, _ in model.named_parameters()]
-    for pattern in freeze:
-        hits = fnmatch.filter(names, pattern)
-        if not hits:
-            raise ValueError(f"train.freeze pattern {pattern!r} matches no parameter; parameters are e.g. "
-                             f"{', '.join(names[:6])}")
-        for name, p in model.named_parameters():
-            if name in hits:
-                p.requires_grad_(False)
-    return model
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas, device) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay on weight matrices only.
-
-    Decayed: every trainable parameter with >= 2 dimensions except embeddings (qkv, out, MLP and
-    phase projections). Not decayed: norms' gains, the (tied) token embedding and every 1-D
-    parameter, i.e. the oscillators' per-head scalars (omega, kappa, lattice constants, gains).
-    """
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
-
-
-def lr_factor(step: int, steps: int, warmup: int, min_ratio: float, schedule: str) -> float:
-    """Multiplier of the peak lr for optimiser step ``step`` (0-based): linear warm-up to 1, then
-    cosine to ``min_ratio`` at the last step (or constant)."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def _git_commit() -> str:
     from lotsim.simulation import git_commit
 
     return git_commit()
-
-
-# ---------------------------------------------------------------------------------------------------
-# The loop
 
 
 def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = None, *, resume: bool = False,
@@ -297,7 +136,7 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
     elif recipe is None:
         recipe = TrainingRecipe()
     cfg = recipe.train
-    ddp = _setup_distributed(cfg.device)
+    ddp = setup_distributed(cfg.device)
     device = pick_device(cfg.device, ddp.local_rank)
     autocast = autocast_for(cfg.precision, device)
     if cfg.threads:
@@ -335,9 +174,9 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
         if ddp.rank < len(rngs) and rngs[ddp.rank] is not None:
             set_rng_state(rngs[ddp.rank])
         else:  # saved on an interrupt without the other ranks' states: reseed deterministically
-            _seed_everything(recipe.seed + 1 + ddp.rank + 7919 * step)
+            seed_everything(recipe.seed + 1 + ddp.rank + 7919 * step)
     else:
-        _seed_everything(recipe.seed + 1 + ddp.rank)  # dropout & co.; the model was seeded above
+        seed_everything(recipe.seed + 1 + ddp.rank)  # dropout & co.; the model was seeded above
     raw_model = model
     if ddp.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -384,7 +223,7 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
 
     def checkpoint(path_name: str, gather: bool = True) -> None:
         nonlocal last_saved
-        rngs = _gather_rng(ddp) if gather else [rng_state() if ddp.main else None]
+        rngs = gather_rng(ddp) if gather else [rng_state() if ddp.main else None]
         if path_name == LAST:
             last_saved = step
         if not ddp.main:
@@ -448,7 +287,7 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
                 max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm))
                 lr = optimizer.param_groups[0]["lr"]
-                loss = _mean_over_ranks(loss_sum, ddp)
+                loss = mean_over_ranks(loss_sum, ddp)
                 for what, value in (("loss", loss), ("gradient norm", grad_norm)):
                     if not math.isfinite(value):  # before the optimiser applies it; last.pt stays good
                         raise TrainingDiverged(run_dir, step + 1, what, value, lr, last_saved)
@@ -470,10 +309,10 @@ def train(recipe: TrainingRecipe | None = None, run_dir: str | Path | None = Non
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     if ddp.main:
                         validate()
-                    _barrier(ddp)
+                    barrier(ddp)
                 if step % (cfg.checkpoint_every or cfg.eval_every) == 0 or step == cfg.steps:
                     checkpoint(LAST)
-                if _stop_requested(stop.requested, ddp):
+                if stop_requested(stop.requested, ddp):
                     checkpoint(LAST)
                     raise TrainingInterrupted(run_dir, step)
             if state is not None and step >= cfg.steps and ddp.main and not result.validation:
@@ -511,47 +350,10 @@ def _finished(recipe: TrainingRecipe, run_dir: Path, state: dict, callback: Call
     return result
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _version() -> str:
     from lotsim import __version__
 
     return __version__
-
-
-def _gather_rng(ddp: _Dist) -> list:
-    """Every process's RNG state, on rank 0 (a collective: all ranks call it at the same step)."""
-    mine = rng_state()
-    if ddp.world_size == 1:
-        return [mine]
-    states: list = [None] * ddp.world_size
-    dist.all_gather_object(states, mine)
-    return states
-
-
-def _mean_over_ranks(value: float, ddp: _Dist) -> float:
-    if ddp.world_size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t) / ddp.world_size
-
-
-def _stop_requested(flag: bool, ddp: _Dist) -> bool:
-    if ddp.world_size == 1:
-        return flag
-    t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t)
-
-
-def _barrier(ddp: _Dist) -> None:
-    if ddp.world_size > 1:
-        dist.barrier()
 
 
 def _regularizers(model: LOTModel, intermediates, weights: dict[str, float]) -> dict[str, torch.Tensor]:
