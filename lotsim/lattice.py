@@ -14,7 +14,7 @@ Legend: ``n`` nodes, ``e`` directed edges, ``d`` spatial dimension, ``k`` max in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -63,7 +63,6 @@ class Lattice:
         complete: True for the complete graph (enables the O(N) mean-field path).
         shape: grid shape for lattices that have one (used by plots and defect analysis).
         topology: the topology name it was built from.
-        graph: the networkx graph, for users who want networkx algorithms.
     """
 
     name: str
@@ -76,7 +75,6 @@ class Lattice:
     shape: tuple[int, ...] = ()
     topology: str = "custom"
     complete_weight: float = 1.0
-    graph: nx.Graph | None = field(default=None, repr=False)
 
     def edge_list(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(senders, receivers, weights), materialising the complete graph's edges if implicit."""
@@ -198,7 +196,7 @@ class Lattice:
         states (Kuramoto-Battogtokh: exp(-d/l) over the whole ring) and of range-R lattices. Pairs come
         from a k-d tree (periodic boxes included), so no n x n matrix is built. The result is
         undirected with weight 1 (apply :meth:`with_weights` afterwards) and keeps the positions, box
-        and grid shape; its ``graph`` is None (``to_networkx`` builds one).
+        and grid shape.
         """
         from scipy.spatial import cKDTree
 
@@ -213,7 +211,7 @@ class Lattice:
         src = np.concatenate([pairs[:, 0], pairs[:, 1]])
         dst = np.concatenate([pairs[:, 1], pairs[:, 0]])
         return replace(self, name=f"{self.name} range {coupling_range:g}", edges=(src, dst, np.ones(src.shape[0])),
-                       directed=False, complete=False, graph=None)
+                       directed=False, complete=False)
 
     def to_networkx(self) -> nx.DiGraph:
         """The lattice as a weighted networkx DiGraph with integer nodes (edge j -> i)."""
@@ -263,7 +261,7 @@ def from_networkx(
     return Lattice(
         name=name, n=n, edges=(src, dst, w), positions=np.asarray(positions, float),
         box=None if box is None else np.asarray(box, float), directed=directed, complete=complete,
-        shape=tuple(shape), topology=topology, graph=graph,
+        shape=tuple(shape), topology=topology,
     )
 
 

@@ -85,7 +85,7 @@ def test_vortex_on_triangular_and_hexagonal_lattices(topology, shape):
     lattice = build_lattice(topology, shape=shape, periodic=False)
     faces, _ = obs.planar_faces(lattice.positions, lattice.senders, lattice.receivers)
     if topology == "triangular":
-        assert faces.shape == (sum(nx.triangles(nx.Graph(lattice.graph)).values()) // 3, 3)
+        assert faces.shape == (sum(nx.triangles(nx.Graph(lattice.to_networkx())).values()) // 3, 3)
     else:
         assert faces.shape == (shape[0] * shape[1], 6)
     charges = obs.face_charges(initial_phases(lattice, "vortex"), faces)

@@ -67,7 +67,7 @@ def head_lattice_system(model: torch.nn.Module, layer: int) -> tuple[Lattice, Ku
         attn.lattice, name=f"head lattice of layer {layer} ({attn.lattice.name})",
         edges=(senders.astype(np.int64), receivers.astype(np.int64), folded[receivers, senders].astype(np.float64)),
         directed=True, complete=False,
-        topology="edgelist", graph=None,
+        topology="edgelist",
     )
     operator = build_operator(lattice, "none", layout="dense", dtype=torch.float64)
     coupling = torch.tensor(1.0, dtype=torch.float64)
