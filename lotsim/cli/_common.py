@@ -108,11 +108,12 @@ def print_table(table, console: Console | None = None) -> None:
         console.width = width
 
 
-def progress_bar(description: str) -> Progress:
-    """A rich progress bar on stderr, disabled when stderr is not a terminal."""
+def progress_bar(description: str, *fields: str, enabled: bool = True) -> Progress:
+    """A rich progress bar on stderr, disabled when stderr is not a terminal (or not ``enabled``);
+    ``fields`` are extra text columns after the count, e.g. ``"loss {task.fields[loss]}"``."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True,
-                    disable=not stderr.is_terminal)
+                    *(TextColumn(f) for f in fields), TimeElapsedColumn(), TimeRemainingColumn(), console=stderr,
+                    transient=True, disable=not (enabled and stderr.is_terminal))
 
 
 def metrics_table(title: str, metrics: dict):

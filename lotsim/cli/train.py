@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from lotsim.cli._common import RUNTIME_ERROR, fail, metrics_table, print_json, stderr, stdout, user_errors
+from lotsim.cli._common import RUNTIME_ERROR, fail, metrics_table, print_json, progress_bar, stderr, stdout, user_errors
 
 INTERRUPTED = 130
 
@@ -112,20 +112,8 @@ class _Progress:
     """Rich progress (loss, tokens/s) on stderr; evaluation lines are printed even when not a terminal."""
 
     def __init__(self, enabled: bool = True):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         self.enabled = enabled
-        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=True,
-                            disable=not (enabled and stderr.is_terminal))
+        self.bar = progress_bar("train", "loss {task.fields[loss]}", "{task.fields[tps]} tok/s", enabled=enabled)
         self.task = None
 
     def __enter__(self):
