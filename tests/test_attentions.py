@@ -33,8 +33,8 @@ from lotsim.model.phase import causal_mask, causal_softmax, frequency_spectrum, 
 from lotsim.model.phase_state import drifted_features
 from lotsim.model.pma import prefix_statistics
 from lotsim.model.rope import Rope
-from lotsim.model.ssa import (
-    SSAAttention,
+from lotsim.model.ssa import SSAAttention
+from lotsim.model.ssa_locking import (
     _use_flex,
     chunked_ssa,
     flex_ssa,
