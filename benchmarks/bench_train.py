@@ -71,19 +71,20 @@ def load_nanogpt(path: Path):
 def training_step(arm: str, args: argparse.Namespace, config: ModelConfig | None, seq_len: int, nanogpt=None):
     """A closure running one full training step of ``arm`` on fixed random tokens, and its parameter count."""
     torch.manual_seed(0)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     name = arm.removesuffix("+compile")
     if name == "nanogpt":
         model = nanogpt.GPT(nanogpt.GPTConfig(block_size=seq_len, vocab_size=args.vocab, n_layer=args.layers,
                                               n_head=args.heads, n_embd=args.d_model, dropout=0.0, bias=False))
-        optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, "cpu")
+        model.to(device)
+        optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, device.type)
 
         def loss_of(idx, targets):
             return model(idx, targets)[1]
 
         parameters = sum(p.numel() for p in model.parameters())
     else:
-        model = LOTModel(config)
+        model = LOTModel(config).to(device)
         optimizer = make_optimizer(model, LR, WEIGHT_DECAY, BETAS, device)
 
         def loss_of(idx, targets):
@@ -95,7 +96,7 @@ def training_step(arm: str, args: argparse.Namespace, config: ModelConfig | None
     model.train()
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(0, args.vocab, (args.batch, seq_len + 1), generator=g)
-    inputs, targets = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
+    inputs, targets = idx[:, :-1].contiguous().to(device), idx[:, 1:].contiguous().to(device)
 
     def step():
         loss = loss_of(inputs, targets)
@@ -107,15 +108,34 @@ def training_step(arm: str, args: argparse.Namespace, config: ModelConfig | None
     return step, parameters
 
 
-def interleaved(steps: dict, repeats: int, steps_per_sample: int) -> dict:
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously); a no-op on the CPU."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def peak_mib(step, device: str) -> float:
+    """Peak tensor memory of one step: the CUDA allocator's peak on a GPU, the profiler's on the CPU."""
+    if not device.startswith("cuda"):
+        return tensor_peak_mib(step)
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def interleaved(steps: dict, repeats: int, steps_per_sample: int, device: str = "cpu") -> dict:
     """Median/IQR/min of wall and CPU seconds per step, arms taking turns in every repeat."""
     wall = {arm: [] for arm in steps}
     cpu = {arm: [] for arm in steps}
     for _ in range(repeats):
         for arm, step in steps.items():
+            synchronize(device)
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(steps_per_sample):
                 step()
+            synchronize(device)
             wall[arm].append((time.perf_counter() - t0) / steps_per_sample)
             cpu[arm].append((time.process_time() - c0) / steps_per_sample)
     out = {}
@@ -137,6 +157,7 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=65)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<i>")
     parser.add_argument("--repeats", default="7,5,3", help="timed samples per context (one value or one per context)")
     parser.add_argument("--steps", default="4,1,1", help="training steps per sample (one value or one per context)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per arm and context")
@@ -148,6 +169,10 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    if not (args.device == "cpu" or args.device == "cuda" or args.device.startswith("cuda:")):
+        parser.error(f"--device {args.device!r} is not allowed; use cpu, cuda or cuda:<i>")
+    if args.device != "cpu" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch sees no CUDA device")
     arms = args.arms.split(",")
     if "vanilla" not in arms:
         parser.error("--arms must include vanilla (the reference)")
@@ -165,7 +190,8 @@ def main() -> None:
         nanogpt = load_nanogpt(args.nanogpt)
     compiled = [f"{a}+compile" for a in args.compile_arms.split(",") if a]
     load_start = os.getloadavg()[0]
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average "
+    where = torch.cuda.get_device_name(args.device) if args.device != "cpu" else "CPU"
+    print(f"{where}: torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, load average "
           f"{load_start:.2f}; {args.layers} layers, {args.heads} heads, d_model {args.d_model}, batch {args.batch}",
           flush=True)
 
@@ -180,11 +206,12 @@ def main() -> None:
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.warmup):
                 steps[arm]()
+            synchronize(args.device)
             if arm.endswith("+compile"):  # the warm-up steps include the compilation
                 compile_s[arm] = {"compile_wall_s": time.perf_counter() - t0,
                                   "compile_cpu_s": time.process_time() - c0}
-        timing = interleaved(steps, reps, per)
-        memory = {arm: tensor_peak_mib(steps[arm]) for arm in names} if args.memory else {}
+        timing = interleaved(steps, reps, per, args.device)
+        memory = {arm: peak_mib(steps[arm], args.device) for arm in names} if args.memory else {}
         ref = timing["vanilla"]
         tokens = args.batch * seq_len
         rows = {}
@@ -209,7 +236,7 @@ def main() -> None:
 
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+        "machine": {"platform": platform.platform(), "device": where, "cpus": os.cpu_count(), "threads": args.threads,
                     "torch": torch.__version__, "load_average_start": load_start,
                     "load_average_end": os.getloadavg()[0]},
         "shape": {"batch": args.batch, "layers": args.layers, "heads": args.heads, "d_model": args.d_model,

@@ -38,3 +38,15 @@ def test_bench_train_refuses_a_folder_without_nanogpt(tmp_path):
     res = run(*TOY, "--nanogpt", str(tmp_path), "--out", str(tmp_path / "x.json"))
     assert res.returncode == 2 and "has no model.py" in res.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_train_takes_a_device_and_refuses_a_missing_gpu(tmp_path):
+    import torch
+
+    assert "--device" in run("--help").stdout  # what the GPU check looks for
+    res = run(*TOY, "--device", "tpu", "--out", str(tmp_path / "x.json"))
+    assert res.returncode == 2 and "--device 'tpu' is not allowed" in res.stderr
+    if not torch.cuda.is_available():
+        res = run(*TOY, "--device", "cuda", "--out", str(tmp_path / "x.json"))
+        assert res.returncode == 2 and "no CUDA device" in res.stderr
+    assert not (tmp_path / "x.json").exists()
