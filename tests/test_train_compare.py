@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 import lotsim
 from lotsim.cli import app
 from lotsim.train import load_checkpoint, load_training_recipe
-from lotsim.train.compare import arm_recipes, difference, parse_arms, run_comparison
+from lotsim.train.compare import arm_recipes, parse_arms, run_comparison
+from lotsim.train.compare_report import difference
 
 TINY = ["task.length=4", "task.n_symbols=6", "model.d_model=16", "model.n_heads=4", "train.steps=4",
         "train.batch_size=4", "train.eval_every=2", "train.eval_batches=1", "train.test_batches=2",
@@ -184,7 +185,7 @@ def test_tuning_recipe_keeps_the_schedule_shape():
 
 
 def test_holm_adjustment_and_simultaneous_intervals():
-    from lotsim.train.compare import holm
+    from lotsim.train.compare_report import holm
 
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, None, 0.01]) == pytest.approx([0.5, None, 0.02])
@@ -197,15 +198,15 @@ def test_holm_adjustment_and_simultaneous_intervals():
 
 
 def test_few_seeds_make_a_screen_with_caveats():
-    from lotsim.train.compare import _caveats
+    from lotsim.train.compare_report import screen_caveats
 
-    assert _caveats(5) == []
-    assert len(_caveats(3)) == 1 and "screen" in _caveats(3)[0]
-    assert any("1 degree of freedom" in c for c in _caveats(2))
+    assert screen_caveats(5) == []
+    assert len(screen_caveats(3)) == 1 and "screen" in screen_caveats(3)[0]
+    assert any("1 degree of freedom" in c for c in screen_caveats(2))
 
 
 def test_validation_slope_over_the_last_fifth(tmp_path):
-    from lotsim.train.compare import validation_slope
+    from lotsim.train.compare_report import validation_slope
 
     lines = [{"step": s, "split": "validation", "loss": 2.0 - 1e-4 * s} for s in range(0, 1001, 100)]
     lines += [{"step": 1000, "split": "train", "loss": 9.0}]
@@ -223,7 +224,7 @@ def test_report_statistics_and_sync_order_only_where_phases_act(tmp_path):
     assert "sync_order" in report["arms"]["lattice"]["metrics"]
     assert "sync_order" not in report["arms"]["lattice:no-oscillator"]["metrics"]  # its phase term is off
     ps = [report["arms"][a]["metrics"]["loss"]["vs_baseline"]["paired"] for a in ("lattice", "lattice:no-oscillator")]
-    from lotsim.train.compare import holm
+    from lotsim.train.compare_report import holm
 
     assert [p["p_holm"] for p in ps] == holm([p["p"] for p in ps])
     conv = report["baseline_convergence"]
@@ -237,7 +238,7 @@ def test_report_statistics_and_sync_order_only_where_phases_act(tmp_path):
 def test_comparison_plot_pairs_seeds_and_shows_the_paired_ci(tmp_path, monkeypatch):
     import matplotlib.figure
 
-    from lotsim.train.compare import plot_comparison
+    from lotsim.train.compare_report import plot_comparison
 
     captured = {}
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: captured.setdefault("fig", fig))
@@ -305,7 +306,7 @@ def test_copy_depth_breakdown_per_arm_in_the_report(tmp_path):
 
 
 def test_a_best_rate_on_the_edge_of_the_sweep_is_flagged():
-    from lotsim.train.compare import build_report
+    from lotsim.train.compare_report import build_report
 
     base = load_training_recipe(None, TINY)
     row = {"test": {"loss": 1.0}, "validation_best": 1.0, "tokens_per_s": 1.0, "run_dir": "nowhere", "seed": 0}

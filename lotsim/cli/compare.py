@@ -113,9 +113,9 @@ def compare(
                          "continue (finished runs are reused, stopped ones resumed).", highlight=False)
             raise typer.Exit(130) from None
     if json_:
-        from lotsim.train.compare import _finite
+        from lotsim.train.compare_report import finite
 
-        print_json(_finite(report))
+        print_json(finite(report))
         return
     _print_tables(report)
     stderr.print(f"report: [bold]{folder / 'report.md'}[/bold] (+ report.json, comparison.png)", highlight=False)
@@ -137,7 +137,7 @@ def _progress():
 def _print_tables(report: dict) -> None:
     from rich.table import Table
 
-    from lotsim.train.compare import _ci, _fmt
+    from lotsim.train.compare_report import fmt, fmt_ci
 
     for caveat in report["caveats"]:
         stderr.print(f"[yellow]caveat:[/yellow] {caveat}", highlight=False, soft_wrap=True)
@@ -159,8 +159,8 @@ def _print_tables(report: dict) -> None:
             sweep.add_row(arm, *(f"({inherited_from}'s)" if lr == tuning["chosen"][arm] else ""
                                  for lr in tuning["lrs"]))
         for arm, scores in tuning["validation"].items():
-            sweep.add_row(arm, *(f"[bold]{_fmt(scores[str(lr)])}[/bold]" if lr == tuning["chosen"][arm]
-                                 else _fmt(scores[str(lr)]) for lr in tuning["lrs"]))
+            sweep.add_row(arm, *(f"[bold]{fmt(scores[str(lr)])}[/bold]" if lr == tuning["chosen"][arm]
+                                 else fmt(scores[str(lr)]) for lr in tuning["lrs"]))
         print_table(sweep)
     mark = "†" if report["grade"] == "screen" else ""
     for metric in report["metrics"]:
@@ -172,10 +172,10 @@ def _print_tables(report: dict) -> None:
             if s is None:
                 continue
             paired = (s.get("vs_baseline") or {}).get("paired", {})
-            table.add_row(arm, f"{_fmt(s['mean'])} ± {_fmt(s['sd'], 2)}", _fmt(s["median"]),
-                          _fmt(s.get("vs_baseline", {}).get("mean_difference"), 3),
-                          _fmt(paired.get("median_difference"), 3), _ci(paired.get("ci"), 3) if paired else "",
-                          _fmt(paired.get("p"), 2), _fmt(paired.get("p_holm"), 2))
+            table.add_row(arm, f"{fmt(s['mean'])} ± {fmt(s['sd'], 2)}", fmt(s["median"]),
+                          fmt(s.get("vs_baseline", {}).get("mean_difference"), 3),
+                          fmt(paired.get("median_difference"), 3), fmt_ci(paired.get("ci"), 3) if paired else "",
+                          fmt(paired.get("p"), 2), fmt(paired.get("p_holm"), 2))
         print_table(table)
     conv = report["baseline_convergence"]
     if conv["slope_per_1k_steps_mean"] is not None:
