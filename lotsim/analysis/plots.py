@@ -187,12 +187,8 @@ def plot_potential(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> 
         else "non-identical ω / noise / inertia: V need not be monotone"
     ax.set(xlabel=time_label(info), ylabel="V(θ) = −½ Σ_ij W_ij cos(θ_j − θ_i)", title=f"Lyapunov potential ({note})")
     ax.title.set_fontsize(9)
-    if many:
-        fig.colorbar(mappable, ax=ax, label="coupling K")
-    else:
-        ax.legend(loc="best", fontsize=8)
-    fig.suptitle(info.label)
-    return _save(fig, out_dir, f"{_stem(info.path, report.group)}_potential", formats, [info.path])
+    stem = f"{_stem(info.path, report.group)}_potential"
+    return _finish_replicas(fig, ax, mappable if many else None, info, out_dir, stem, formats)
 
 
 
@@ -406,10 +402,17 @@ def plot_defects(report, out_dir: Path, formats: Sequence[str] = ("png",)) -> li
         ax_f.scatter(c[charges < 0, 0], c[charges < 0, 1], marker="s", s=60, facecolors="none", edgecolors="blue",
                      linewidths=1.6, label="antivortex (−1)")
         ax_f.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize=8)
-    if many:
+    stem = f"{_stem(info.path, report.group)}_defects"
+    return _finish_replicas(fig, ax, mappable if many else None, info, out_dir, stem, formats)
+
+
+def _finish_replicas(fig, ax, mappable, info, out_dir, stem: str, formats: Sequence[str]) -> list[Path]:
+    """A per-replica figure's key (a coupling colour bar for many replicas, else the legend), its title
+    (the run's label) and its files."""
+    if mappable is not None:
         fig.colorbar(mappable, ax=ax, label="coupling K")
     else:
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(info.label)
-    return _save(fig, out_dir, f"{_stem(info.path, report.group)}_defects", formats, [info.path])
+    return _save(fig, out_dir, stem, formats, [info.path])
 
