@@ -395,6 +395,7 @@ def test_an_ablation_runs_at_its_full_arms_tuned_rate_on_fewer_seeds(tmp_path):
     assert loss["vs_full"]["n"] == loss["vs_baseline"]["n"] == 2
     text = (tmp_path / "report.md").read_text()
     assert "## Ablations: loss" in text and "(lattice's)" in text
+    assert "lattice:no-oscillator's best rate" not in " ".join(report["caveats"])  # not tuned: no edge to flag
     with pytest.raises(ValueError, match="ablation_seeds=4"):
         run_comparison(base, arms, [0, 1, 2], tmp_path / "bad", ablation_seeds=4)
 

@@ -155,10 +155,12 @@ def _print_tables(report: dict) -> None:
         sweep.add_column("arm", justify="right")
         for lr in tuning["lrs"]:
             sweep.add_column(f"{lr:g}", justify="right")
-        for arm, inherited_from in tuning.get("inherited", {}).items():
-            sweep.add_row(arm, *(f"({inherited_from}'s)" if lr == tuning["chosen"][arm] else ""
-                                 for lr in tuning["lrs"]))
-        for arm, scores in tuning["validation"].items():
+        for arm in report["arms"]:
+            if arm not in tuning["validation"]:  # an ablation at its full arm's rate
+                sweep.add_row(arm, *(f"({tuning['inherited'][arm]}'s)" if lr == tuning["chosen"][arm] else ""
+                                     for lr in tuning["lrs"]))
+                continue
+            scores = tuning["validation"][arm]
             sweep.add_row(arm, *(f"[bold]{fmt(scores[str(lr)])}[/bold]" if lr == tuning["chosen"][arm]
                                  else fmt(scores[str(lr)]) for lr in tuning["lrs"]))
         print_table(sweep)

@@ -139,7 +139,7 @@ def build_report(base: TrainingRecipe, runs: dict, chosen: dict, params: dict, b
     if len(lrs) > 1:  # a best rate on the sweep's edge may not be the arm's best: say so
         edges = [f"{arm}'s best rate {chosen[arm]:g} is the sweep's "
                  f"{'smallest' if chosen[arm] == min(lrs) else 'largest'}"
-                 for arm in arms if chosen[arm] in (min(lrs), max(lrs))]
+                 for arm in arms if chosen[arm] in (min(lrs), max(lrs)) and arm not in parents]
         if edges:
             report["caveats"].append("; ".join(edges) + ": extend the sweep beyond it (--lr-sweep)")
     for arm in arms:
