@@ -88,6 +88,16 @@ def _randomise(model: LOTModel) -> None:
                     p.add_(0.3 * torch.randn(p.shape, dtype=p.dtype, generator=g))
 
 
+def randomised_layer(attention: str, options: dict):
+    """The first attention layer of a randomised model, its input, and its output with intermediates."""
+    model = make_model(attention, options)
+    _randomise(model)
+    attn = model.blocks[0].attn
+    x, rope = layer_input(model)
+    y, inter = attn(x, rope, return_intermediates=True)
+    return attn, x, rope, y, inter
+
+
 @pytest.mark.parametrize(("attention", "options"), [
     ("pma", {}), ("pma", {"key_phases": "position", "method": "euler"}),
     ("torus", {}), ("torus", {"n_steps": 2, "method": "rk4", "angles": 3}),
@@ -420,13 +430,9 @@ def test_causal_mask_block_is_rows_of_the_square():
 
 @pytest.mark.parametrize("score", ["shared", "qk"])
 def test_torus_default_is_one_tangent_update_of_the_circular_mean(score):
-    model = make_model("torus", {"score": score})
-    _randomise(model)
-    attn = model.blocks[0].attn
-    x, rope = layer_input(model)
-    _, inter = attn(x, rope, return_intermediates=True)
+    attn, x, rope, _, inter = randomised_layer("torus", {"score": score})
     theta0 = inter.content_phases  # (b, t, h, m)
-    gate, rate = torch.nn.functional.softplus(attn.gate_raw), attn.rotary_rate
+    gate, rate = attn.score_parameters({})
     if score == "shared":
         weights = causal_softmax(materialised_scores(theta0, rate, gate))  # (b, h, t, u)
     else:  # the scores of the query and key phases, from explicit differences
@@ -474,7 +480,7 @@ def test_fsn_direct_term_is_the_cores_frustrated_coupling():
                     interventions={"coupling": h_amp, "frustration": alpha, "delay_coupling": 0.0})
     theta0 = inter.content_phases  # (b, t, h, m)
     b, t, h, m = theta0.shape
-    gate, rate = torch.nn.functional.softplus(attn.gate_raw), attn.rotary_rate
+    gate, rate = attn.score_parameters({})
     weights = causal_softmax(attn.score_weights(x, theta0, gate, rate))  # (b, h, t, t), explicit differences
     per_channel = weights[:, :, None].expand(b, h, m, t, t).reshape(b * h * m, t, t)
     system = KuramotoSystem(omega=torch.zeros(()), coupling=torch.ones(()),
@@ -501,7 +507,7 @@ def test_fsn_delay_term_reads_successors_but_never_the_future():
         # token s reads theta_{u+1} = theta_s itself through u = s - 1
         assert ((moved.phases[:, s] - 1.3) - base.phases[:, s]).abs().max() > 1e-4
     # the fused delay branch equals an explicit strict-past sum of successor phasors
-    gate, rate = torch.nn.functional.softplus(attn.gate_raw), attn.rotary_rate
+    gate, rate = attn.score_parameters({})
     strict = causal_softmax(attn.score_weights(x, theta0, gate, rate), strict=True)  # (b, h, t, u)
     values = harmonic_values(theta0, attn.harmonics)  # (b, h, t, 2mM)
     successor = torch.cat([values[:, :, 1:], torch.zeros_like(values[:, :, :1])], dim=2)
@@ -698,13 +704,9 @@ def test_readings_are_compare_arms_with_valid_options(attention):
 @pytest.mark.parametrize("options", [{"n_steps": 1}, {"n_steps": 2, "method": "heun"}, {"n_steps": 0}])
 def test_torus_mean_readout_is_the_circular_mean_of_the_content_phases(options):
     """readout="mean" reads out sum_u A_tu [cos, sin] theta0_u (reused from the drift's first aggregate)."""
-    model = make_model("torus", {"readout": "mean", **options})
-    _randomise(model)
-    attn = model.blocks[0].attn
-    x, rope = layer_input(model)
-    y, inter = attn(x, rope, return_intermediates=True)
+    attn, x, rope, y, inter = randomised_layer("torus", {"readout": "mean", **options})
     theta0 = inter.content_phases  # (b, t, h, m)
-    gate, rate = torch.nn.functional.softplus(attn.gate_raw), attn.rotary_rate
+    gate, rate = attn.score_parameters({})
     weights = causal_softmax(attn.score_weights(x, theta0, gate, rate))  # (b, h, t, u)
     th = theta0.transpose(1, 2)  # (b, h, t, m)
     mean = torch.cat([weights @ torch.cos(th), weights @ torch.sin(th)], -1)  # (b, h, t, 2m)
