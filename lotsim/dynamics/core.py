@@ -38,16 +38,20 @@ FIXED_METHODS = ("euler", "heun", "rk4")
 
 
 # --------------------------------------------------------------------------------------------------
-# Coupling operators: aggregate(x)[..., i, :] = sum_j W_ij x[..., j, :]
+# Coupling operators: aggregate(x)[c, r, i] = sum_j W_ij x[c, r, j]
 
 
 class CouplingOperator:
-    """Linear map ``x -> W x`` over the node axis; subclasses pick the layout."""
+    """Linear map ``x -> W x`` over the node axis (the last), for every feature plane and replica.
+
+    The state is (c, b, n): c feature planes (the coupling term stacks sin and cos), b replicas, n
+    nodes. Features come first so that stacking the planes and taking them apart again are
+    contiguous block copies and views (a trailing feature axis of size 2 costs strided passes)."""
 
     n: int
 
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, n, c) -> (b, n, c)."""
+        """(c, b, n) -> (c, b, n)."""
         raise NotImplementedError
 
     def to(self, device=None, dtype=None) -> CouplingOperator:
@@ -65,7 +69,9 @@ class DenseOperator(CouplingOperator):
         return self.weight.shape[-1]
 
     def aggregate(self, x):
-        return torch.matmul(self.weight, x)
+        if self.weight.dim() == 2:
+            return x @ self.weight.mT  # one product for every plane and replica
+        return torch.matmul(self.weight, x.unsqueeze(-1)).squeeze(-1)  # per-replica W
 
     def to(self, device=None, dtype=None):
         return DenseOperator(self.weight.to(device=device, dtype=dtype))
@@ -82,9 +88,8 @@ class SparseOperator(CouplingOperator):
         return self.weight.shape[0]
 
     def aggregate(self, x):
-        b, n, c = x.shape
-        flat = x.permute(1, 0, 2).reshape(n, b * c)  # (n, b*c): one sparse mat-mat for all replicas
-        return (self.weight @ flat).reshape(n, b, c).permute(1, 0, 2)
+        flat = x.reshape(-1, x.shape[-1]).T  # (n, c*b): one sparse mat-mat for all planes and replicas
+        return (self.weight @ flat).T.reshape(x.shape)
 
     def to(self, device=None, dtype=None):
         return SparseOperator(self.weight.to(device=device, dtype=dtype))
@@ -102,8 +107,8 @@ class NeighbourOperator(CouplingOperator):
         return self.index.shape[0]
 
     def aggregate(self, x):
-        gathered = x[:, self.index, :]  # (b, n, k, c)
-        return torch.einsum("bnkc,nk->bnc", gathered, self.weight)
+        gathered = x[..., self.index]  # (c, b, n, k)
+        return torch.einsum("...nk,nk->...n", gathered, self.weight)
 
     def to(self, device=None, dtype=None):
         return NeighbourOperator(self.index.to(device=device), self.weight.to(device=device, dtype=dtype))
@@ -121,7 +126,7 @@ class MeanFieldOperator(CouplingOperator):
         return self.size
 
     def aggregate(self, x):
-        return self.scale * (x.sum(dim=-2, keepdim=True) - x)
+        return self.scale * (x.sum(dim=-1, keepdim=True) - x)
 
     def to(self, device=None, dtype=None):
         return self
@@ -227,12 +232,12 @@ def coupling_term(system: KuramotoSystem, theta: torch.Tensor) -> torch.Tensor:
             continue
         mt = theta if m == 1 else m * theta
         s, c = torch.sin(mt), torch.cos(mt)
-        agg = system.operator.aggregate(torch.stack((s, c), dim=-1))  # (b, n, 2)
+        agg_s, agg_c = system.operator.aggregate(torch.stack((s, c))).unbind(0)  # (b, n) each
         if alpha == 0:
-            term = agg[..., 0] * c - agg[..., 1] * s
+            term = agg_s * c - agg_c * s
         else:
             shifted = mt + alpha
-            term = agg[..., 0] * torch.cos(shifted) - agg[..., 1] * torch.sin(shifted)
+            term = agg_s * torch.cos(shifted) - agg_c * torch.sin(shifted)
         term = term if h == 1 else h * term
         total = term if total is None else total + term
     return torch.zeros_like(theta) if total is None else total

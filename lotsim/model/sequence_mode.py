@@ -133,12 +133,11 @@ class SpaceTimeOperator(CouplingOperator):
         return self.tokens * self.head_weight.shape[-1]
 
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, t * h, c) -> (b, t * h, c)."""
-        b, n, c = x.shape
-        x4 = x.reshape(b, self.tokens, -1, c)  # b (t h) c -> b t h c
+        """(c, b, t * h) -> (c, b, t * h)."""
+        x4 = x.reshape(-1, self.tokens, self.head_weight.shape[-1], 1)  # c b (t h) -> (c b) t h 1
         past = causal_decayed_mean(x4, self.decay, self.max_tokens)
         out = torch.matmul(self.head_weight, x4) + self.sequence_weight[:, None] * past
-        return out.reshape(b, n, c)
+        return out.reshape(x.shape)
 
     def to(self, device=None, dtype=None):
         return SpaceTimeOperator(*(w.to(device=device, dtype=dtype) for w in

@@ -54,9 +54,9 @@ from lotsim.model.rope import Rope
 class AttentionOperator(CouplingOperator):
     """Causal softmax attention as a coupling operator of the core, over a (token x channel) state.
 
-    Node index = u * m + c (token u, channel c); replicas = (batch, head). ``aggregate(x)[r, t*m+c]
-    = sum_u A_tu x[r, u*m+c]``: channel c of token t receives from channel c of every token u <= t,
-    with the head's attention weights A (the same for every channel).
+    Node index = u * m + c (token u, channel c); replicas = (batch, head). ``aggregate(x)[f, r, t*m+c]
+    = sum_u A_tu x[f, r, u*m+c]``: channel c of token t receives from channel c of every token u <= t,
+    with the head's attention weights A (the same for every channel and feature plane f).
 
     Attributes:
         query, key: (b, h, t, e) score features (the fused path: one SDPA call per aggregate).
@@ -70,8 +70,8 @@ class AttentionOperator(CouplingOperator):
     channels: int
     weights: torch.Tensor | None = None
     dropout_p: float = 0.0
-    # the first aggregate's output: every integrator evaluates the drift at the initial state first, so
-    # it is sum_u A_tu (sin, cos) theta0_u, the circular mean ``readout="mean"`` reads out (reused)
+    # the first aggregate's output as (b, h, t, f*m): every integrator evaluates the drift at the initial
+    # state first, so it is sum_u A_tu (sin, cos) theta0_u, the circular mean ``readout="mean"`` reads out
     first: list = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -79,18 +79,18 @@ class AttentionOperator(CouplingOperator):
         return self.query.shape[2] * self.channels
 
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        """(b*h, t*m, f) -> (b*h, t*m, f)."""
-        bh, n, f = x.shape
+        """(f, b*h, t*m) -> (f, b*h, t*m)."""
+        f = x.shape[0]
         b, h, t, _ = self.query.shape
-        v = x.reshape(b, h, t, self.channels * f)  # (b h) (t m) f -> b h t (m f)
+        m = self.channels
+        v = x.reshape(f, b, h, t, m).permute(1, 2, 3, 0, 4).reshape(b, h, t, f * m)  # values (f m) per token
         if self.weights is not None:
             out = self.weights @ v
         else:
             out = causal_attention(self.query, self.key, v, scale=1.0, dropout_p=self.dropout_p)
-        out = out.reshape(bh, n, f)
         if not self.first:
             self.first.append(out)
-        return out
+        return out.reshape(b, h, t, f, m).permute(3, 0, 1, 2, 4).reshape(x.shape)
 
     def to(self, device=None, dtype=None):
         def move(w):
@@ -172,9 +172,9 @@ class TorusAttention(PhaseStateAttention):
         mean = None
         if o.readout == "mean":  # sum_u A_tu [cos, sin] theta0_u, channel by channel: the drift's first aggregate
             if not operator.first:  # n_steps = 0: no drift was evaluated
-                operator.aggregate(torch.stack([torch.sin(state0), torch.cos(state0)], -1))
-            sin_cos = operator.first[0]  # (b h, t m, 2): (S, C)
-            mean = sin_cos.flip(-1).reshape(b, h, t, m, 2).transpose(-1, -2).reshape(b, h, t, 2 * m)
+                operator.aggregate(torch.stack([torch.sin(state0), torch.cos(state0)]))
+            sin_cos = operator.first[0]  # (b, h, t, 2m): (S, C)
+            mean = torch.cat([sin_cos[..., m:], sin_cos[..., :m]], -1)  # (C, S)
         y = self.readout(theta, mean)
         if not return_intermediates:
             return y, None
