@@ -40,6 +40,7 @@ from lotsim.model import (
     unregister_attention,
     write_simulation_inputs,
 )
+from lotsim.model.phase import content_phases
 from lotsim.model.rope import Rope, apply_rope, rope_tables
 from lotsim.model.sequence_mode import causal_decayed_mean
 from lotsim.model.transformer import RMSNorm
@@ -578,6 +579,25 @@ def test_rope_is_the_rotate_half_rotation_and_preserves_norms():
     torch.testing.assert_close(apply_rope(x, Rope(cos, sin)), x * cos + rotate_half * sin, rtol=0, atol=1e-15)
     pairs = apply_rope(x, Rope(cos, sin)).unflatten(-1, (2, 4))  # (x_i, x_{i+d/2}) rotate as 2-vectors
     torch.testing.assert_close(pairs.square().sum(-2), x.unflatten(-1, (2, 4)).square().sum(-2), rtol=1e-13, atol=0)
+
+
+def test_content_phases_training_backward_equals_torchs_atan2():
+    """The hand-written training backward of the content phases gives torch's atan2 values and gradients."""
+    g = torch.Generator().manual_seed(0)
+    projection = torch.nn.Linear(16, 2 * 3 * 4, bias=False).double()
+    x = torch.randn(2, 5, 16, dtype=torch.float64, generator=g, requires_grad=True)
+    out_grad = torch.randn(2, 5, 3, 4, dtype=torch.float64, generator=g)
+    phases = content_phases(projection, x, 3, 4)
+    assert "PairAngle" in type(phases.grad_fn).__name__  # the training path is tested
+    pairs = projection(x).view(2, 5, 3, 4, 2)
+    reference = torch.atan2(pairs[..., 1], pairs[..., 0])
+    torch.testing.assert_close(phases, reference, rtol=0, atol=1e-15)  # 1 ulp: vectorised atan2
+    got = torch.autograd.grad(phases, (x, projection.weight), out_grad)
+    expected = torch.autograd.grad(reference, (x, projection.weight), out_grad)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    with torch.no_grad():
+        torch.testing.assert_close(content_phases(projection, x, 3, 4), reference, rtol=0, atol=1e-15)
 
 
 def test_rms_norm_training_backward_equals_torchs():

@@ -76,6 +76,30 @@ def init_content_projection(projection: nn.Linear) -> None:
 # Phases
 
 
+class _PairAngle(torch.autograd.Function):
+    """``atan2(p1, p0)`` of the pairs (..., 2) with a hand-written backward (training).
+
+    torch's own backward recomputes ``p0^2 + p1^2`` for each operand and goes back through the
+    unbinding of the pairs (a stack along a trailing axis of size 2, a slow strided copy); this one
+    forms ``w = g / (p0^2 + p1^2)`` once and writes ``(-w p1, w p0)`` interleaved in one pass
+    (through a complex view). About 1.6x faster forward + backward on (12, 64, 8, 16) phases.
+    """
+
+    @staticmethod
+    def forward(ctx, pairs: torch.Tensor) -> torch.Tensor:
+        # contiguous operands: torch's CPU atan2 vectorises only then (16x faster on (12, 64, 4, 16))
+        re, im = pairs[..., 0].contiguous(), pairs[..., 1].contiguous()
+        ctx.save_for_backward(re, im)
+        return torch.atan2(im, re)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        re, im = ctx.saved_tensors
+        w = grad / (re * re + im * im)
+        return torch.view_as_real(torch.complex(-w * im, w * re))
+
+
 def content_phases(projection: nn.Module, x: torch.Tensor, *shape: int) -> torch.Tensor:
     """Phases from content: two projections of each token read as a complex number.
 
@@ -88,8 +112,11 @@ def content_phases(projection: nn.Module, x: torch.Tensor, *shape: int) -> torch
         (b, t, *shape) ``atan2(p1, p0)``.
     """
     b, t, _ = x.shape
-    p0, p1 = projection(x).view(b, t, *shape, 2).unbind(-1)
-    # contiguous operands: torch's CPU atan2 vectorises only then (16x faster on (12, 64, 4, 16))
+    pairs = projection(x).view(b, t, *shape, 2)
+    if (pairs.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and pairs.dtype in (torch.float32, torch.float64)):
+        return _PairAngle.apply(pairs)  # training: the cheaper backward
+    p0, p1 = pairs.unbind(-1)
     return torch.atan2(p1.contiguous(), p0.contiguous())
 
 
