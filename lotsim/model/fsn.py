@@ -98,15 +98,16 @@ def frustrated_coupling(values: torch.Tensor, *terms: tuple[torch.Tensor, torch.
     """
     b, h, t, _ = values.shape
     m, n_harm = terms[0][1].shape[1], terms[0][1].shape[2]
-    phasor = values.reshape(b, h, t, n_harm, 2, m)
+    # split (not index) the (cos, sin) pairs: its backward is one cat, not a zero-filled tensor per part;
+    # contiguous coefficients: elementwise passes over strided operands are several times slower
+    cos, sin = values.reshape(b, h, t, n_harm, 2, m).split(1, dim=-2)  # (b, h, t, M, 1, m) each
     u = v = 0.0
     for mean_field, real, imag in terms:
-        z = mean_field.reshape(b, h, t, n_harm, 2, m)
-        big_c, big_s = z[..., 0, :], z[..., 1, :]  # (b, h, t, M, m)
-        a, bb = real.transpose(1, 2)[:, None], imag.transpose(1, 2)[:, None]  # (h, 1, M, m)
+        big_c, big_s = mean_field.reshape(b, h, t, n_harm, 2, m).split(1, dim=-2)
+        a, bb = (part.transpose(1, 2)[:, None, :, None].contiguous() for part in (real, imag))  # (h, 1, M, 1, m)
         u = u + a * big_s + bb * big_c
         v = v + bb * big_s - a * big_c
-    return (u * phasor[..., 0, :] + v * phasor[..., 1, :]).sum(-2).transpose(1, 2)  # b h t m -> b t h m
+    return (u * cos + v * sin).sum((-3, -2)).transpose(1, 2)  # b h t m -> b t h m
 
 
 @register_attention("fsn")
