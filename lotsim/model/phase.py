@@ -76,6 +76,12 @@ def init_content_projection(projection: nn.Linear) -> None:
 # Phases
 
 
+def _pair_parts(pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(re, im) of the pairs (..., 2) as contiguous tensors: torch's CPU atan2 vectorises only then
+    (16x faster on (12, 64, 4, 16))."""
+    return pairs[..., 0].contiguous(), pairs[..., 1].contiguous()
+
+
 class _PairAngle(torch.autograd.Function):
     """``atan2(p1, p0)`` of the pairs (..., 2) with a hand-written backward (training).
 
@@ -87,8 +93,7 @@ class _PairAngle(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pairs: torch.Tensor) -> torch.Tensor:
-        # contiguous operands: torch's CPU atan2 vectorises only then (16x faster on (12, 64, 4, 16))
-        re, im = pairs[..., 0].contiguous(), pairs[..., 1].contiguous()
+        re, im = _pair_parts(pairs)
         ctx.save_for_backward(re, im)
         return torch.atan2(im, re)
 
@@ -116,8 +121,8 @@ def content_phases(projection: nn.Module, x: torch.Tensor, *shape: int) -> torch
     if (pairs.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
             and pairs.dtype in (torch.float32, torch.float64)):
         return _PairAngle.apply(pairs)  # training: the cheaper backward
-    p0, p1 = pairs.unbind(-1)
-    return torch.atan2(p1.contiguous(), p0.contiguous())
+    re, im = _pair_parts(pairs)
+    return torch.atan2(im, re)
 
 
 def advance(theta: torch.Tensor, frequency: torch.Tensor) -> torch.Tensor:
